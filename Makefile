@@ -1,0 +1,55 @@
+# Vulcan — see README.md. `make run` serves; `make test` tests. Both build what is missing.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+ROOT_USER := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+VULCAN_CACHE_DIR ?= $(if $(ROOT_USER),/var/cache/vulcan,$(HOME)/.cache/vulcan)
+VULCAN_IMAGES_DIR ?= $(if $(ROOT_USER),/var/lib/vulcan/images,$(HOME)/.local/share/vulcan/images)
+export VULCAN_CACHE_DIR VULCAN_IMAGES_DIR
+RUNTIME ?= python
+RUNTIMES ?= python node go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/vulcanhq/vulcan/internal/version.Version=$(VERSION)
+TEST_TIMEOUT ?= 60m
+
+.PHONY: all build run test test-short kernel rootfs images download fuzz bench clean
+
+all: build
+
+build: $(BIN)/vulcan $(BIN)/vulcan-guest
+
+# Go tracks its own staleness; these targets always ask it (cheap when nothing changed).
+.PHONY: $(BIN)/vulcan $(BIN)/vulcan-guest
+$(BIN)/vulcan:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/vulcan
+
+$(BIN)/vulcan-guest:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/vulcan-guest
+
+kernel:
+	scripts/build-kernel.sh $(VULCAN_IMAGES_DIR)
+
+rootfs: $(BIN)/vulcan-guest
+	scripts/build-rootfs.sh $(RUNTIME) $(BIN)/vulcan-guest $(VULCAN_IMAGES_DIR)
+
+images: kernel $(BIN)/vulcan-guest
+	for rt in $(RUNTIMES); do scripts/build-rootfs.sh $$rt $(BIN)/vulcan-guest $(VULCAN_IMAGES_DIR) || exit 1; done
+
+download:
+	scripts/download.sh $(VULCAN_IMAGES_DIR)
+
+run: build images
+	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) $(BIN)/vulcan serve
+
+test: build images
+	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+# Unit tests only: no images, no VM boots.
+test-short: build
+	$(GO) test -short ./...
+
+bench: build images
+	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 20x ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,71 @@
+// Package backend is the contract between the engine and the things that run workloads
+// (the microVM backend and, in tests, fakes), plus the registry that routes a workload's
+// isolation to one of them.
+package backend
+
+import (
+	"context"
+	"errors"
+
+	"github.com/vulcanhq/vulcan/internal/model"
+)
+
+// ErrUnavailable is returned when no backend can run a workload; its text says why.
+var ErrUnavailable = errors.New("backend unavailable")
+
+// Job is one workload handed to a backend.
+type Job struct {
+	WorkloadID  string
+	Spec        model.Spec // resources already defaulted and validated
+	OutputLimit int        // bytes of stdout+stderr the guest may send before truncating
+}
+
+// Sink receives a workload's output lines as they appear, in order. Backends call it from
+// one goroutine at a time.
+type Sink interface {
+	Line(stream model.Stream, text string)
+}
+
+// SinkFunc adapts a function to a Sink.
+type SinkFunc func(stream model.Stream, text string)
+
+// Line calls f.
+func (f SinkFunc) Line(stream model.Stream, text string) { f(stream, text) }
+
+// Result is how a run ended, as far as the backend saw it. Output text reaches the engine
+// through the Sink, not here.
+type Result struct {
+	ExitCode  int
+	Signal    string // set when the program died of a signal
+	Truncated bool   // the guest dropped output past Job.OutputLimit
+	Error     string // a failure of the program's environment (build error, OOM), shown to users
+	Metadata  map[string]string
+}
+
+// Capabilities describe what a backend can run.
+type Capabilities struct {
+	Isolation model.Isolation   `json:"isolation"`
+	Runtimes  []model.Runtime   `json:"runtimes"`
+	MaxCPUs   int               `json:"max_cpus"`
+	MaxMemMB  int               `json:"max_mem_mb"`
+	Network   bool              `json:"network"`
+	Details   map[string]string `json:"details,omitempty"` // e.g. vmm, accel, kernel version
+}
+
+// Backend runs workloads behind one kind of isolation.
+type Backend interface {
+	// Name is the isolation this backend provides ("microvm").
+	Name() string
+	// Capabilities reports what the backend can run.
+	Capabilities() Capabilities
+	// Available returns nil when the backend can run workloads now, else an error whose
+	// text tells a user what is missing and how to fix it.
+	Available(ctx context.Context) error
+	// Execute runs the job to completion, streaming its output to sink. It returns when the
+	// program has exited or ctx is done; in the latter case it must have stopped the
+	// program and released what it acquired before returning.
+	Execute(ctx context.Context, job Job, sink Sink) (Result, error)
+	// Cleanup releases anything still held for a workload. It is idempotent and safe to
+	// call for a workload the backend never saw.
+	Cleanup(ctx context.Context, workloadID string) error
+}

@@ -1,0 +1,79 @@
+// Package vmm is the contract between the microVM backend and the virtual machine
+// monitors it drives (QEMU, Firecracker). A driver turns a Config into a running Machine;
+// everything else — images, CIDs, the agent session, cleanup, metrics — is the backend's.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+)
+
+// ErrNotAvailable wraps a driver's explanation of why it cannot run here.
+var ErrNotAvailable = errors.New("vmm not available")
+
+// Config is one VM to boot.
+type Config struct {
+	ID      string // VM id, unique per host; also names the state dir
+	Dir     string // per-VM state dir, owned by the backend: sockets, logs, pid file
+	Kernel  string // uncompressed ELF vmlinux
+	RootFS  string // ext4 image, attached read-only and shared by every VM
+	CPUs    int
+	MemMB   int
+	CID     uint32   // guest vsock context id
+	Args    []string // kernel arguments the backend adds (vulcan.*, ip=...)
+	Network *Network // nil: no NIC
+	// ConsoleLimit caps the bytes of guest console kept in Dir/console.log.
+	ConsoleLimit int64
+}
+
+// Network is a NIC prepared by the network manager for the VM.
+type Network struct {
+	NetNS   string // path of the network namespace holding the TAP
+	TAP     string // TAP device name inside NetNS
+	MAC     string // guest MAC
+	GuestIP *net.IPNet
+	Gateway net.IP
+}
+
+// Driver starts VMs with one VMM.
+type Driver interface {
+	// Name is the VMM: "qemu" or "firecracker".
+	Name() string
+	// Accel is the acceleration VMs get: "kvm" or "tcg".
+	Accel() string
+	// Available returns nil when VMs can start, else an error (wrapping ErrNotAvailable)
+	// that tells a user what is missing and the command that fixes it.
+	Available() error
+	// Start boots a VM. ctx bounds only the start itself; the VM lives until Stop, or
+	// until the guest powers off.
+	Start(ctx context.Context, cfg Config) (Machine, error)
+}
+
+// Machine is a running VM.
+type Machine interface {
+	// PID is the VMM process id.
+	PID() int
+	// DialAgent returns a stream to the guest agent. It may be called again after a
+	// failed attempt; drivers retry internally until ctx is done.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// Done is closed when the VMM process has exited.
+	Done() <-chan struct{}
+	// Stop stops the VM by escalation (polite, deadline, SIGKILL) and waits for the VMM
+	// to exit. A VM already gone is success. Safe to call more than once.
+	Stop(ctx context.Context) error
+}
+
+// KernelArgs joins kernel command-line arguments, dropping empty ones.
+func KernelArgs(parts ...[]string) string {
+	var out []string
+	for _, p := range parts {
+		for _, a := range p {
+			if a = strings.TrimSpace(a); a != "" {
+				out = append(out, a)
+			}
+		}
+	}
+	return strings.Join(out, " ")
+}

@@ -1,0 +1,423 @@
+// Package microvm is the `microvm` isolation backend: every workload runs in its own
+// virtual machine booted from Vulcan's kernel and the runtime's read-only rootfs, with the
+// vulcan-guest agent as PID 1. The VMM is a driver (QEMU microvm or Firecracker, package
+// vmm); everything around it — images, CIDs, the agent session, limits, cleanup, metrics
+// and startup reclaim — lives here and is shared by both.
+package microvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/images"
+	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/protocol"
+)
+
+// Config configures the backend.
+type Config struct {
+	ImagesDir string
+	StateDir  string // per-VM state dirs live here; everything in it belongs to this backend
+	// BootTimeout bounds VMM start → agent hello (the workload's own timeout also applies).
+	BootTimeout time.Duration
+	// ConsoleLimit caps each VM's console log.
+	ConsoleLimit int64
+	Limits       model.Limits
+	Logger       *slog.Logger
+	Metrics      prometheus.Registerer
+}
+
+// Backend runs workloads in microVMs.
+type Backend struct {
+	cfg     Config
+	log     *slog.Logger
+	drivers *driverSlot
+	cids    *cidAllocator
+	metrics *metrics
+
+	mu  sync.Mutex
+	vms map[string]*vm // by workload id
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New returns the backend using the driver that resolve produces. It reclaims what a
+// crashed run left in the state dir before returning.
+func New(cfg Config, resolve func() (vmm.Driver, error)) (*Backend, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("microvm: no state dir")
+	}
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 60 * time.Second
+	}
+	if cfg.ConsoleLimit == 0 {
+		cfg.ConsoleLimit = 1 << 20
+	}
+	if cfg.Limits == (model.Limits{}) {
+		cfg.Limits = model.DefaultLimits
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		return nil, fmt.Errorf("microvm: state dir: %w", err)
+	}
+	b := &Backend{
+		cfg:     cfg,
+		log:     cfg.Logger.With("backend", "microvm"),
+		drivers: newDriverSlot(resolve),
+		cids:    newCIDAllocator(3, 1<<16),
+		metrics: newMetrics(cfg.Metrics),
+		vms:     map[string]*vm{},
+	}
+	if n, err := Reclaim(cfg.StateDir, b.log); err != nil {
+		b.log.Warn("startup reclaim incomplete", "err", err)
+	} else if n > 0 {
+		b.log.Info("reclaimed VMs left by an earlier run", "count", n)
+	}
+	return b, nil
+}
+
+// Name is the isolation this backend provides.
+func (b *Backend) Name() string { return string(model.IsolationMicroVM) }
+
+// Capabilities lists the runtimes whose images exist and the VMM in use.
+func (b *Backend) Capabilities() backend.Capabilities {
+	set := images.Load(b.cfg.ImagesDir)
+	caps := backend.Capabilities{
+		Isolation: model.IsolationMicroVM,
+		Runtimes:  set.Runtimes(),
+		MaxCPUs:   b.cfg.Limits.MaxCPUs,
+		MaxMemMB:  b.cfg.Limits.MaxMemMB,
+		Details:   map[string]string{"images_dir": b.cfg.ImagesDir},
+	}
+	if d, err := b.drivers.peek(); d != nil {
+		caps.Details["vmm"] = d.Name()
+		caps.Details["accel"] = d.Accel()
+	} else if err != nil {
+		caps.Details["vmm_error"] = err.Error()
+	} else {
+		caps.Details["vmm"] = "probing"
+	}
+	if set.Kernel != nil {
+		caps.Details["kernel"] = set.Kernel.Manifest.Version
+	}
+	for rt, r := range set.RootFS {
+		caps.Details[string(rt)] = r.Manifest.RuntimeVersion
+	}
+	return caps
+}
+
+// Available says whether a VM can boot here, and if not, what to run to fix it.
+func (b *Backend) Available(ctx context.Context) error {
+	if err := images.Load(b.cfg.ImagesDir).Usable(); err != nil {
+		return err
+	}
+	if _, err := b.drivers.peek(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Cleanup stops a workload's VM, if it still has one, and releases all it held.
+func (b *Backend) Cleanup(ctx context.Context, workloadID string) error {
+	b.mu.Lock()
+	v := b.vms[workloadID]
+	b.mu.Unlock()
+	if v == nil {
+		return nil
+	}
+	return v.teardown(ctx)
+}
+
+// Execute boots a VM for the job, runs it through the agent and tears the VM down.
+func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sink) (res backend.Result, err error) {
+	spec := job.Spec
+	driver, err := b.drivers.get(ctx)
+	if err != nil {
+		return res, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
+	}
+	set := images.Load(b.cfg.ImagesDir)
+	if err := set.Usable(); err != nil {
+		return res, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
+	}
+	rootfs := set.RootFS[spec.Runtime]
+	if rootfs == nil {
+		return res, fmt.Errorf("%w: no %s image; run `make rootfs RUNTIME=%s`", backend.ErrUnavailable, spec.Runtime, spec.Runtime)
+	}
+	vmmName := driver.Name()
+	outcome := "error"
+	defer func() {
+		b.metrics.workloads.WithLabelValues(vmmName, string(spec.Runtime), outcome).Inc()
+	}()
+
+	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs)
+	if v != nil {
+		defer func() {
+			if terr := v.teardown(ctx); terr != nil {
+				b.log.Warn("vm teardown", "vm", v.id, "err", terr)
+			}
+		}()
+		res.Metadata = v.metadata()
+	}
+	if err != nil {
+		return res, err
+	}
+
+	ex := &protocol.Exec{
+		ProtocolVersion: protocol.Version,
+		ID:              job.WorkloadID,
+		Runtime:         string(spec.Runtime),
+		Code:            spec.Code,
+		Archive:         spec.Archive,
+		Entrypoint:      spec.Entrypoint,
+		Stdin:           spec.Stdin(),
+		Env:             spec.Env,
+		TimeoutMS:       int64(spec.Resources.TimeoutS) * 1000,
+		OutputLimit:     int64(job.OutputLimit),
+	}
+	sent := time.Now()
+	exit, err := v.agent.Run(ctx, ex, func(o *protocol.Output) {
+		stream := model.Stdout
+		if o.Stream == "stderr" {
+			stream = model.Stderr
+		}
+		sink.Line(stream, o.Data)
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			outcome = "cancelled"
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				outcome = "timeout"
+			}
+		}
+		return res, fmt.Errorf("agent: %w", err)
+	}
+	if overhead := time.Since(sent) - time.Duration(exit.DurationMS)*time.Millisecond; overhead > 0 {
+		b.metrics.roundtrip.WithLabelValues(vmmName).Observe(overhead.Seconds())
+	}
+	res.ExitCode, res.Signal, res.Truncated, res.Error = exit.Code, exit.Signal, exit.Truncated, exit.Error
+	switch {
+	case exit.TimedOut:
+		outcome = "timeout"
+	case exit.Cancelled:
+		outcome = "cancelled"
+	case exit.Code == 0 && exit.Error == "":
+		outcome = "completed"
+	default:
+		outcome = "failed"
+	}
+	return res, nil
+}
+
+// boot acquires everything a VM needs, each undo registered right after its acquire, and
+// waits for the agent's hello. The returned vm (even with an error) must be torn down.
+func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS) (*vm, error) {
+	id := job.WorkloadID
+	v := &vm{b: b, id: id, workloadID: job.WorkloadID, driver: driver, kernel: kernel, rootfs: rootfs}
+	b.mu.Lock()
+	if b.vms[id] != nil {
+		b.mu.Unlock()
+		return nil, fmt.Errorf("workload %s already has a VM", id)
+	}
+	b.vms[id] = v
+	b.mu.Unlock()
+	v.cleanup.add("forget vm", func(context.Context) error {
+		b.mu.Lock()
+		delete(b.vms, id)
+		b.mu.Unlock()
+		return nil
+	})
+
+	v.dir = filepath.Join(b.cfg.StateDir, id)
+	_ = os.RemoveAll(v.dir) // delete before create
+	if err := os.MkdirAll(v.dir, 0o750); err != nil {
+		return v, fmt.Errorf("vm dir: %w", err)
+	}
+	v.cleanup.add("remove vm dir", func(context.Context) error { return os.RemoveAll(v.dir) })
+
+	cid, err := b.cids.acquire()
+	if err != nil {
+		return v, err
+	}
+	v.cid = cid
+	v.cleanup.add("release cid", func(context.Context) error { b.cids.release(cid); return nil })
+
+	cfg := vmm.Config{
+		ID:           id,
+		Dir:          v.dir,
+		Kernel:       kernel.Path,
+		RootFS:       rootfs.Path,
+		CPUs:         job.Spec.Resources.CPUs,
+		MemMB:        job.Spec.Resources.MemMB,
+		CID:          cid,
+		Args:         []string{"vulcan.hostname=vulcan"},
+		ConsoleLimit: b.cfg.ConsoleLimit,
+	}
+	bootCtx, cancel := context.WithTimeout(ctx, b.cfg.BootTimeout)
+	defer cancel()
+	v.started = time.Now()
+	m, err := driver.Start(bootCtx, cfg)
+	if err != nil {
+		return v, fmt.Errorf("start %s: %w", driver.Name(), err)
+	}
+	v.machine = m
+	v.cleanup.add("stop vmm", func(ctx context.Context) error {
+		// The agent powers the VM off after the exit; give it a moment before escalating.
+		select {
+		case <-m.Done():
+		case <-time.After(v.gracefulWait()):
+		case <-ctx.Done():
+		}
+		return m.Stop(ctx)
+	})
+	b.metrics.active.WithLabelValues(driver.Name()).Inc()
+	v.cleanup.add("active gauge", func(context.Context) error {
+		b.metrics.active.WithLabelValues(driver.Name()).Dec()
+		return nil
+	})
+
+	conn, err := m.DialAgent(bootCtx)
+	if err != nil {
+		return v, v.bootError(ctx, err)
+	}
+	v.cleanup.add("close agent channel", func(context.Context) error { return conn.Close() })
+	v.agent = protocol.NewConn(conn)
+	hello, err := v.agent.ReadHello(bootCtx)
+	if err != nil {
+		return v, v.bootError(ctx, err)
+	}
+	v.bootTime = time.Since(v.started)
+	v.hello = hello
+	b.metrics.boot.WithLabelValues(driver.Name()).Observe(v.bootTime.Seconds())
+	b.log.Debug("vm booted", "vm", id, "vmm", driver.Name(), "boot", v.bootTime, "cid", cid)
+	return v, nil
+}
+
+// vm is one workload's machine and everything it holds.
+type vm struct {
+	b          *Backend
+	id         string
+	workloadID string
+	driver     vmm.Driver
+	kernel     *images.Kernel
+	rootfs     *images.RootFS
+	dir        string
+	cid        uint32
+	machine    vmm.Machine
+	agent      *protocol.Conn
+	hello      *protocol.Hello
+	started    time.Time
+	bootTime   time.Duration
+	cleanup    cleanupStack
+}
+
+// teardown runs the VM's cleanup stack once; later calls return its first result.
+func (v *vm) teardown(ctx context.Context) error {
+	start := time.Now()
+	err := v.cleanup.run(ctx, 30*time.Second)
+	v.b.metrics.cleanup.WithLabelValues(v.driver.Name()).Observe(time.Since(start).Seconds())
+	return err
+}
+
+// gracefulWait is how long teardown waits for the guest to power itself off.
+func (v *vm) gracefulWait() time.Duration {
+	if v.hello == nil {
+		return 0
+	}
+	return 3 * time.Second
+}
+
+func (v *vm) bootError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("boot interrupted: %w", ctx.Err())
+	}
+	console := ""
+	if c := vmm.Tail(filepath.Join(v.dir, "console.log"), 1024); c != "" {
+		console = "; console: " + c
+	}
+	return fmt.Errorf("vm %s did not boot: %w%s", v.id, err, console)
+}
+
+func (v *vm) metadata() map[string]string {
+	md := map[string]string{
+		"vm_id":          v.id,
+		"vmm":            v.driver.Name(),
+		"accel":          v.driver.Accel(),
+		"cid":            strconv.FormatUint(uint64(v.cid), 10),
+		"kernel_version": v.kernel.Manifest.Version,
+		"image_runtime":  v.rootfs.Manifest.Runtime + " " + v.rootfs.Manifest.RuntimeVersion,
+		"image_sha256":   short(v.rootfs.Manifest.SHA256),
+	}
+	if v.machine != nil {
+		md["vmm_pid"] = strconv.Itoa(v.machine.PID())
+	}
+	if v.hello != nil {
+		md["boot_ms"] = strconv.FormatInt(v.bootTime.Milliseconds(), 10)
+		md["agent_version"] = v.hello.AgentVersion
+	}
+	return md
+}
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+// driverSlot resolves the driver once, in the background: choosing QEMU's acceleration
+// may take a test boot, which must not delay the server's start.
+type driverSlot struct {
+	ready  chan struct{}
+	driver vmm.Driver
+	err    error
+}
+
+func newDriverSlot(resolve func() (vmm.Driver, error)) *driverSlot {
+	s := &driverSlot{ready: make(chan struct{})}
+	go func() {
+		defer close(s.ready)
+		s.driver, s.err = resolve()
+		if s.err == nil {
+			s.err = s.driver.Available()
+		}
+	}()
+	return s
+}
+
+func (s *driverSlot) get(ctx context.Context) (vmm.Driver, error) {
+	select {
+	case <-s.ready:
+		if s.err != nil {
+			return nil, s.err
+		}
+		return s.driver, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// peek returns the driver or its error without waiting; both nil while still resolving.
+func (s *driverSlot) peek() (vmm.Driver, error) {
+	select {
+	case <-s.ready:
+		if s.err != nil {
+			return nil, s.err
+		}
+		return s.driver, nil
+	default:
+		return nil, nil
+	}
+}

@@ -1,0 +1,90 @@
+package microvm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+
+	"github.com/vulcanhq/vulcan/internal/microvm/qemu"
+	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+)
+
+// DriverOptions choose and configure the VMM.
+type DriverOptions struct {
+	VMM            string // auto | firecracker | qemu
+	QEMUBin        string
+	QEMUAccel      string // auto | kvm | tcg
+	FirecrackerBin string
+	Kernel         string // used by the KVM probe
+}
+
+// firecrackerDriver builds the Firecracker driver; set by the firecracker wiring so this
+// package does not depend on the SDK when it is not linked in.
+var firecrackerDriver func(bin string) vmm.Driver
+
+// KVMUsable reports whether /dev/kvm can be opened for VMs, and if not, why.
+func KVMUsable() error {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("/dev/kvm: %w", err)
+	}
+	return f.Close()
+}
+
+// ResolveDriver returns the function New uses to pick the driver: for auto, Firecracker
+// when /dev/kvm and its binary are usable, else QEMU when present, else an error naming
+// what is missing for both.
+func ResolveDriver(opts DriverOptions) func() (vmm.Driver, error) {
+	return func() (vmm.Driver, error) {
+		if opts.FirecrackerBin == "" {
+			opts.FirecrackerBin = "firecracker"
+		}
+		if opts.QEMUBin == "" {
+			opts.QEMUBin = "qemu-system-x86_64"
+		}
+		fcReason := func() error {
+			if firecrackerDriver == nil {
+				return fmt.Errorf("%w: firecracker driver not built into this binary", vmm.ErrNotAvailable)
+			}
+			if err := KVMUsable(); err != nil {
+				return fmt.Errorf("%w: firecracker needs KVM: %v", vmm.ErrNotAvailable, err)
+			}
+			if _, err := exec.LookPath(opts.FirecrackerBin); err != nil {
+				return fmt.Errorf("%w: %s not found; run `make download` on a host with internet, or set VULCAN_FIRECRACKER_BIN", vmm.ErrNotAvailable, opts.FirecrackerBin)
+			}
+			return nil
+		}
+		qemuDriver := func() (vmm.Driver, error) {
+			if _, err := exec.LookPath(opts.QEMUBin); err != nil {
+				return nil, fmt.Errorf("%w: %s not found; install it with: apt-get install qemu-system-x86", vmm.ErrNotAvailable, opts.QEMUBin)
+			}
+			accel := opts.QEMUAccel
+			if accel == "" || accel == "auto" {
+				accel, _ = qemu.ProbeAccel(context.Background(), opts.QEMUBin, opts.Kernel)
+			}
+			return qemu.New(opts.QEMUBin, accel), nil
+		}
+		switch opts.VMM {
+		case "firecracker":
+			if err := fcReason(); err != nil {
+				return nil, err
+			}
+			return firecrackerDriver(opts.FirecrackerBin), nil
+		case "qemu":
+			return qemuDriver()
+		case "", "auto":
+			fcErr := fcReason()
+			if fcErr == nil {
+				return firecrackerDriver(opts.FirecrackerBin), nil
+			}
+			d, qErr := qemuDriver()
+			if qErr != nil {
+				return nil, fmt.Errorf("no VMM can run here: firecracker: %v; qemu: %v", fcErr, qErr)
+			}
+			return d, nil
+		default:
+			return nil, fmt.Errorf("%w: unknown VMM %q (want auto, firecracker or qemu)", vmm.ErrNotAvailable, opts.VMM)
+		}
+	}
+}

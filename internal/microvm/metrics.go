@@ -1,0 +1,43 @@
+package microvm
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	boot      *prometheus.HistogramVec
+	active    *prometheus.GaugeVec
+	roundtrip *prometheus.HistogramVec
+	cleanup   *prometheus.HistogramVec
+	workloads *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		boot: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vulcan_microvm_boot_seconds",
+			Help:    "Time from VMM start to the guest agent's hello.",
+			Buckets: []float64{0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 8, 13, 20, 30},
+		}, []string{"vmm"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vulcan_microvm_active_vms",
+			Help: "MicroVMs currently running.",
+		}, []string{"vmm"}),
+		roundtrip: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vulcan_microvm_agent_roundtrip_seconds",
+			Help:    "Host-side time of an exec over the agent channel minus the program's own run time: the protocol's latency.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
+		}, []string{"vmm"}),
+		cleanup: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vulcan_microvm_cleanup_seconds",
+			Help:    "Time to tear a VM down and release everything it held.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}, []string{"vmm"}),
+		workloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vulcan_microvm_workloads_total",
+			Help: "Workloads run in microVMs, by runtime and outcome (completed, failed, timeout, cancelled, error).",
+		}, []string{"vmm", "runtime", "outcome"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.boot, m.active, m.roundtrip, m.cleanup, m.workloads)
+	}
+	return m
+}

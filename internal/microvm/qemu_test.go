@@ -1,0 +1,27 @@
+package microvm
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/testenv"
+)
+
+// TestConformanceQEMU boots real VMs with QEMU microvm (TCG here, KVM where usable).
+func TestConformanceQEMU(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs")
+	}
+	testenv.RequiresBinary(t, "qemu-system-x86_64")
+	dir := testenv.RequiresImages(t, "python")
+	var runtimes []model.Runtime
+	for _, rt := range model.Runtimes {
+		if _, err := os.Stat(filepath.Join(dir, "rootfs-"+string(rt)+".ext4")); err == nil {
+			runtimes = append(runtimes, rt)
+		}
+	}
+	h := newHarness(t, dir, ResolveDriver(DriverOptions{VMM: "qemu", Kernel: filepath.Join(dir, "vmlinux")}))
+	runConformance(t, h, runtimes)
+}

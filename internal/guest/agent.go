@@ -1,0 +1,243 @@
+package guest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/vulcanhq/vulcan/internal/protocol"
+)
+
+// ErrPowerOff is returned by Serve when the VM should power off: the host
+// sent shutdown, or the single workload of a oneshot agent has finished.
+var ErrPowerOff = errors.New("power off requested")
+
+// Config is the agent's configuration; zero values mean the defaults below.
+type Config struct {
+	AgentVersion string
+	// Oneshot: power off once the first exec's exit has been sent.
+	Oneshot bool
+	// UID and GID run user code when the agent is root (the command sets
+	// 1000:1000). Negative UID keeps root, for debugging only.
+	UID, GID int
+	// WorkRoot holds one fresh work dir per exec (default os.TempDir()).
+	WorkRoot string
+	// RuntimesFile is read for hello's runtime versions (default
+	// /etc/vulcan/runtimes.json); when absent the binaries are asked.
+	RuntimesFile string
+	// GoCache is used as GOCACHE when writable by the user (default
+	// /var/cache/go-build, prewarmed in the image).
+	GoCache string
+	// OutputLimit is the default for Exec.OutputLimit (1 MiB).
+	OutputLimit int64
+	// MaxLine is the longest output line sent as one message (64 KiB).
+	MaxLine int
+	Logger  *slog.Logger
+
+	// reap makes the agent own every wait (PID 1).
+	reap bool
+}
+
+func (c *Config) setDefaults() {
+	if c.AgentVersion == "" {
+		c.AgentVersion = "dev"
+	}
+	if c.WorkRoot == "" {
+		c.WorkRoot = os.TempDir()
+	}
+	if c.RuntimesFile == "" {
+		c.RuntimesFile = "/etc/vulcan/runtimes.json"
+	}
+	if c.GoCache == "" {
+		c.GoCache = "/var/cache/go-build"
+	}
+	if c.OutputLimit <= 0 {
+		c.OutputLimit = 1 << 20
+	}
+	if c.MaxLine <= 0 {
+		c.MaxLine = 64 << 10
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Agent serves sessions: each stream gets a hello and then runs execs.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	spawn spawner
+
+	runtimesOnce sync.Once
+	runtimes     map[string]string
+}
+
+// New returns an agent. Call it once per process: as PID 1 it installs
+// the SIGCHLD reaper.
+func New(cfg Config) *Agent {
+	cfg.setDefaults()
+	a := &Agent{cfg: cfg, log: cfg.Logger, spawn: directSpawner{}}
+	if cfg.reap {
+		a.spawn = startReaper()
+	}
+	return a
+}
+
+// Runtimes returns the runtime versions announced in hello, probing them on
+// first use.
+func (a *Agent) Runtimes(ctx context.Context) map[string]string {
+	a.runtimesOnce.Do(func() { a.runtimes = a.loadRuntimes(ctx) })
+	return a.runtimes
+}
+
+// Serve accepts sessions until ctx is done, the listener fails, or the VM
+// should power off (ErrPowerOff). It closes l on return.
+func (a *Agent) Serve(ctx context.Context, l Listener) error {
+	a.Runtimes(ctx) // probe before the first hello, not during it
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() { <-ctx.Done(); l.Close() }()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		rw, err := l.Accept()
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil {
+				if errors.Is(cause, ErrPowerOff) {
+					return ErrPowerOff
+				}
+				return ctx.Err()
+			}
+			return err
+		}
+		wg.Go(func() {
+			defer rw.Close()
+			if a.session(ctx, rw) {
+				cancel(ErrPowerOff)
+			}
+		})
+	}
+}
+
+type readResult struct {
+	m   *protocol.Message
+	err error
+}
+
+// session serves one stream and reports whether the VM should power off.
+func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wmu sync.Mutex
+	send := func(m *protocol.Message) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		return protocol.WriteMessage(rw, m)
+	}
+	if err := send(&protocol.Message{Type: protocol.TypeHello, Hello: &protocol.Hello{
+		AgentVersion:    a.cfg.AgentVersion,
+		ProtocolVersion: protocol.Version,
+		Runtimes:        a.Runtimes(ctx),
+		UptimeSeconds:   uptime(),
+	}}); err != nil {
+		a.log.Warn("send hello", "err", err)
+		return false
+	}
+
+	msgs := make(chan readResult)
+	go func() {
+		br := bufio.NewReaderSize(rw, 64<<10)
+		for {
+			m, err := protocol.ReadMessage(br)
+			select {
+			case msgs <- readResult{m, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	// One exec at a time per session; cur is nil when idle.
+	type job struct {
+		cancel context.CancelCauseFunc
+		done   chan struct{}
+	}
+	var cur *job
+	var finished <-chan struct{} // cur.done, nil when idle
+	stop := func(cause error) {
+		if cur != nil {
+			cur.cancel(cause)
+			<-cur.done
+		}
+	}
+	for {
+		select {
+		case r := <-msgs:
+			if r.err != nil {
+				if !errors.Is(r.err, io.EOF) && !errors.Is(r.err, net.ErrClosed) {
+					a.log.Warn("session ended", "err", r.err)
+				}
+				// The host is gone: nobody will read the result.
+				stop(errCancelled)
+				return false
+			}
+			switch r.m.Type {
+			case protocol.TypeExec:
+				if cur != nil {
+					a.log.Warn("exec while another is running; ignored", "id", r.m.Exec.ID)
+					continue
+				}
+				execCtx, cancelExec := context.WithCancelCause(ctx)
+				cur = &job{cancel: cancelExec, done: make(chan struct{})}
+				finished = cur.done
+				go func(ex *protocol.Exec, done chan struct{}) {
+					defer close(done)
+					exit := a.execute(execCtx, ex, send)
+					if err := send(&protocol.Message{Type: protocol.TypeExit, Exit: exit}); err != nil {
+						a.log.Warn("send exit", "id", ex.ID, "err", err)
+					}
+				}(r.m.Exec, cur.done)
+			case protocol.TypeCancel:
+				if cur != nil {
+					cur.cancel(errCancelled)
+				}
+			case protocol.TypeShutdown:
+				stop(errCancelled)
+				return true
+			default:
+				a.log.Warn("unexpected message from host", "type", r.m.Type)
+			}
+		case <-finished:
+			cur.cancel(nil)
+			cur, finished = nil, nil
+			if a.cfg.Oneshot {
+				return true
+			}
+		case <-ctx.Done():
+			stop(errCancelled)
+			return false
+		}
+	}
+}
+
+// uptime reads the seconds since the kernel started.
+func uptime() float64 {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0
+	}
+	f, _, _ := strings.Cut(string(b), " ")
+	v, _ := strconv.ParseFloat(f, 64)
+	return v
+}

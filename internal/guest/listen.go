@@ -1,0 +1,155 @@
+package guest
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/vsock"
+)
+
+// Listener yields one stream per session.
+type Listener interface {
+	Accept() (io.ReadWriteCloser, error)
+	Close() error
+	String() string
+}
+
+// DefaultVsockPort is the AF_VSOCK port the agent listens on.
+const DefaultVsockPort = 1024
+
+// DefaultSerialName is the virtio-serial port name the host creates
+// (QEMU: -device virtserialport,name=vulcan.agent).
+const DefaultSerialName = "vulcan.agent"
+
+// Listen opens a listener from a spec: "vsock:PORT", "serial:NAME" (or
+// "serial:/dev/PATH") or "unix:PATH".
+func Listen(spec string) (Listener, error) {
+	kind, arg, ok := strings.Cut(spec, ":")
+	if !ok || arg == "" {
+		return nil, fmt.Errorf("listen %q: want vsock:PORT, serial:NAME or unix:PATH", spec)
+	}
+	switch kind {
+	case "vsock":
+		port, err := strconv.ParseUint(arg, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("listen %q: bad port: %w", spec, err)
+		}
+		l, err := vsock.Listen(uint32(port), nil)
+		if err != nil {
+			return nil, fmt.Errorf("listen %q: %w", spec, err)
+		}
+		return netListener{l, spec}, nil
+	case "unix":
+		// A socket file left by a previous run would make bind fail.
+		if fi, err := os.Lstat(arg); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(arg)
+		}
+		l, err := net.Listen("unix", arg)
+		if err != nil {
+			return nil, fmt.Errorf("listen %q: %w", spec, err)
+		}
+		return netListener{l, spec}, nil
+	case "serial":
+		path, err := findSerialPort(arg, "/dev", "/sys/class/virtio-ports")
+		if err != nil {
+			return nil, fmt.Errorf("listen %q: %w", spec, err)
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("listen %q: %w", spec, err)
+		}
+		return &serialListener{f: f, spec: spec}, nil
+	}
+	return nil, fmt.Errorf("listen %q: unknown kind %q", spec, kind)
+}
+
+type netListener struct {
+	l    net.Listener
+	spec string
+}
+
+func (n netListener) Accept() (io.ReadWriteCloser, error) { return n.l.Accept() }
+func (n netListener) Close() error                        { return n.l.Close() }
+func (n netListener) String() string                      { return n.spec }
+
+// findSerialPort resolves a virtio-serial port name to its device. udev
+// would create /dev/virtio-ports/NAME, but there is no udev in the VM, so
+// fall back to the name the kernel publishes in sysfs.
+func findSerialPort(name, devDir, sysDir string) (string, error) {
+	if strings.HasPrefix(name, "/") {
+		return name, nil
+	}
+	byName := filepath.Join(devDir, "virtio-ports", name)
+	if _, err := os.Stat(byName); err == nil {
+		return byName, nil
+	}
+	names, _ := filepath.Glob(filepath.Join(sysDir, "*", "name"))
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err == nil && strings.TrimSpace(string(b)) == name {
+			return filepath.Join(devDir, filepath.Base(filepath.Dir(n))), nil
+		}
+	}
+	return "", fmt.Errorf("no virtio-serial port named %q", name)
+}
+
+// serialListener turns a virtio-serial port into sessions. The port is not
+// connection-oriented: it stays open for the agent's life, and a session
+// ends when the host side disconnects (reads return EOF). Writing the next
+// hello then blocks in the kernel until the host reconnects.
+type serialListener struct {
+	f    *os.File
+	spec string
+
+	mu       sync.Mutex
+	sessions int
+	closed   bool
+}
+
+func (s *serialListener) Accept() (io.ReadWriteCloser, error) {
+	s.mu.Lock()
+	closed, n := s.closed, s.sessions
+	s.sessions++
+	s.mu.Unlock()
+	if closed {
+		return nil, net.ErrClosed
+	}
+	if n > 0 {
+		// A host that disconnects immediately must not make us spin.
+		time.Sleep(50 * time.Millisecond)
+	}
+	return serialSession{s.f}, nil
+}
+
+func (s *serialListener) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	return s.f.Close()
+}
+
+func (s *serialListener) String() string { return s.spec }
+
+// serialSession keeps the port open when the session ends.
+type serialSession struct{ f *os.File }
+
+func (s serialSession) Read(p []byte) (int, error)  { return s.f.Read(p) }
+func (s serialSession) Write(p []byte) (int, error) { return s.f.Write(p) }
+func (s serialSession) Close() error                { return nil }
+
+// DefaultListen picks the channel the VMM offers: vsock when the guest has
+// it (Firecracker), else the virtio-serial port (QEMU without vhost-vsock).
+func DefaultListen() string {
+	if _, err := os.Stat("/dev/vsock"); err == nil {
+		return "vsock:" + strconv.Itoa(DefaultVsockPort)
+	}
+	return "serial:" + DefaultSerialName
+}
+

@@ -1,0 +1,247 @@
+// Package config loads Vulcan's settings. Precedence, lowest first: defaults, a .env file
+// in the working directory, VULCAN_* environment variables, command-line flags.
+package config
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Config is every setting of the server and the CLI.
+type Config struct {
+	ListenAddr      string        // VULCAN_LISTEN_ADDR
+	DataDir         string        // VULCAN_DATA_DIR: SQLite database and per-VM state
+	ImagesDir       string        // VULCAN_IMAGES_DIR: kernel and rootfs images
+	APIToken        string        // VULCAN_API_TOKEN: bearer token; required off loopback
+	MaxConcurrent   int           // VULCAN_MAX_CONCURRENT
+	QueueSize       int           // VULCAN_QUEUE_SIZE
+	OutputLimit     int           // VULCAN_OUTPUT_LIMIT: bytes of stdout+stderr kept per workload
+	VMM             string        // VULCAN_VMM: auto | firecracker | qemu
+	FirecrackerBin  string        // VULCAN_FIRECRACKER_BIN
+	QEMUBin         string        // VULCAN_QEMU_BIN
+	LogLevel        slog.Level    // VULCAN_LOG_LEVEL: debug | info | warn | error
+	ShutdownTimeout time.Duration // VULCAN_SHUTDOWN_TIMEOUT: how long SIGTERM waits for running workloads
+	Server          string        // VULCAN_SERVER: the API the CLI talks to
+}
+
+// A setting ties an environment variable and a flag to a field.
+type setting struct {
+	env, flag, usage string
+	set              func(c *Config, v string) error
+	get              func(c *Config) string
+}
+
+type field struct {
+	set func(c *Config, v string) error
+	get func(c *Config) string
+}
+
+func str(p func(*Config) *string) field {
+	return field{func(c *Config, v string) error { *p(c) = v; return nil }, func(c *Config) string { return *p(c) }}
+}
+
+func num(p func(*Config) *int, min int) field {
+	return field{func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < min {
+			return fmt.Errorf("must be an integer ≥ %d, got %q", min, v)
+		}
+		*p(c) = n
+		return nil
+	}, func(c *Config) string { return strconv.Itoa(*p(c)) }}
+}
+
+func entry(env, flag, usage string, f field) setting {
+	return setting{env: env, flag: flag, usage: usage, set: f.set, get: f.get}
+}
+
+var settings = []setting{
+	entry("VULCAN_LISTEN_ADDR", "listen", "address the API listens on", str(func(c *Config) *string { return &c.ListenAddr })),
+	entry("VULCAN_DATA_DIR", "data-dir", "directory for the database and per-VM state", str(func(c *Config) *string { return &c.DataDir })),
+	entry("VULCAN_IMAGES_DIR", "images-dir", "directory of kernel and rootfs images (default <data-dir>/images)", str(func(c *Config) *string { return &c.ImagesDir })),
+	entry("VULCAN_API_TOKEN", "token", "bearer token (server: required to listen off loopback; CLI: sent with requests)", str(func(c *Config) *string { return &c.APIToken })),
+	entry("VULCAN_MAX_CONCURRENT", "max-concurrent", "workloads executing at once", num(func(c *Config) *int { return &c.MaxConcurrent }, 1)),
+	entry("VULCAN_QUEUE_SIZE", "queue-size", "admitted workloads waiting for a slot before submissions get 429", num(func(c *Config) *int { return &c.QueueSize }, 0)),
+	entry("VULCAN_OUTPUT_LIMIT", "output-limit", "bytes of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLimit }, 1024)),
+	entry("VULCAN_VMM", "vmm", "virtual machine monitor: auto, firecracker or qemu", field{func(c *Config, v string) error {
+		switch v {
+		case "auto", "firecracker", "qemu":
+			c.VMM = v
+			return nil
+		}
+		return fmt.Errorf("must be auto, firecracker or qemu, got %q", v)
+	}, func(c *Config) string { return c.VMM }}),
+	entry("VULCAN_FIRECRACKER_BIN", "firecracker-bin", "path to the firecracker binary (default: search PATH)", str(func(c *Config) *string { return &c.FirecrackerBin })),
+	entry("VULCAN_QEMU_BIN", "qemu-bin", "path to qemu-system-x86_64 (default: search PATH)", str(func(c *Config) *string { return &c.QEMUBin })),
+	entry("VULCAN_LOG_LEVEL", "log-level", "debug, info, warn or error", field{func(c *Config, v string) error {
+		return c.LogLevel.UnmarshalText([]byte(v))
+	}, func(c *Config) string { return strings.ToLower(c.LogLevel.String()) }}),
+	entry("VULCAN_SHUTDOWN_TIMEOUT", "shutdown-timeout", "how long a stop signal waits for running workloads before cancelling them", field{func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("must be a duration like 30s, got %q", v)
+		}
+		c.ShutdownTimeout = d
+		return nil
+	}, func(c *Config) string { return c.ShutdownTimeout.String() }}),
+	entry("VULCAN_SERVER", "server", "URL of the Vulcan API (CLI)", str(func(c *Config) *string { return &c.Server })),
+}
+
+// Default returns the built-in defaults. The data directory is system-wide for root and
+// per-user otherwise, matching the Makefile.
+func Default() *Config {
+	data := "/var/lib/vulcan"
+	if os.Geteuid() != 0 {
+		if home, err := os.UserHomeDir(); err == nil {
+			data = filepath.Join(home, ".local", "share", "vulcan")
+		}
+	}
+	return &Config{
+		ListenAddr:      "127.0.0.1:8080",
+		DataDir:         data,
+		MaxConcurrent:   2,
+		QueueSize:       64,
+		OutputLimit:     1 << 20,
+		VMM:             "auto",
+		LogLevel:        slog.LevelInfo,
+		ShutdownTimeout: 30 * time.Second,
+		Server:          "http://127.0.0.1:8080",
+	}
+}
+
+// RegisterFlags adds a flag for each named setting (all of them when names is empty) to fs.
+// Flag defaults are not shown as values: Load decides them, after the environment.
+func RegisterFlags(fs *pflag.FlagSet, names ...string) {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	for _, s := range settings {
+		if len(names) == 0 || want[s.flag] {
+			fs.String(s.flag, "", s.usage+" ($"+s.env+")")
+		}
+	}
+}
+
+// Load builds the configuration: defaults, then the .env file in the working directory (if
+// any), then the environment (lookupEnv, normally os.LookupEnv), then the flags in fs that
+// were set on the command line (fs may be nil).
+func Load(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) (*Config, error) {
+	c := Default()
+	dotenv, err := readDotEnv(".env")
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range settings {
+		if v, ok := dotenv[s.env]; ok {
+			if err := s.set(c, v); err != nil {
+				return nil, fmt.Errorf(".env: %s: %w", s.env, err)
+			}
+		}
+	}
+	for _, s := range settings {
+		if v, ok := lookupEnv(s.env); ok && v != "" {
+			if err := s.set(c, v); err != nil {
+				return nil, fmt.Errorf("%s: %w", s.env, err)
+			}
+		}
+	}
+	if fs != nil {
+		for _, s := range settings {
+			if f := fs.Lookup(s.flag); f != nil && f.Changed {
+				if err := s.set(c, f.Value.String()); err != nil {
+					return nil, fmt.Errorf("--%s: %w", s.flag, err)
+				}
+			}
+		}
+	}
+	if c.ImagesDir == "" {
+		c.ImagesDir = filepath.Join(c.DataDir, "images")
+	}
+	return c, nil
+}
+
+// readDotEnv parses KEY=VALUE lines; blank lines, # comments and a leading "export " are
+// allowed and one level of matching quotes around the value is removed.
+func readDotEnv(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	out := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("config: %s:%d: want KEY=VALUE", path, n)
+		}
+		v = strings.TrimSpace(v)
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		out[strings.TrimSpace(k)] = v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// ValidateServe checks what the server needs: listening beyond loopback requires a token,
+// because the API runs arbitrary code for whoever reaches it.
+func (c *Config) ValidateServe() error {
+	host, _, err := net.SplitHostPort(c.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("VULCAN_LISTEN_ADDR %q: %w", c.ListenAddr, err)
+	}
+	if c.APIToken == "" && !loopback(host) {
+		return fmt.Errorf("refusing to listen on %s without an API token: anyone who can reach it could run code on this machine; "+
+			"set VULCAN_API_TOKEN (or --token), or listen on 127.0.0.1", c.ListenAddr)
+	}
+	return nil
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// DatabasePath is where the SQLite database lives.
+func (c *Config) DatabasePath() string { return filepath.Join(c.DataDir, "vulcan.db") }
+
+// Env lists each setting's variable with its current value, for documentation and `serve`
+// start-up logs. The token is redacted.
+func (c *Config) Env() [][2]string {
+	var out [][2]string
+	for _, s := range settings {
+		v := s.get(c)
+		if s.env == "VULCAN_API_TOKEN" && v != "" {
+			v = "(set)"
+		}
+		out = append(out, [2]string{s.env, v})
+	}
+	return out
+}

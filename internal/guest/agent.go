@@ -40,9 +40,9 @@ type Config struct {
 	// MaxLine is the longest output line sent as one message (64 KiB).
 	MaxLine int
 	Logger  *slog.Logger
-
-	// reap makes the agent own every wait (PID 1).
-	reap bool
+	// Reap makes the agent reap every child, orphans included, and own
+	// every wait: set it when the agent is PID 1.
+	Reap bool
 }
 
 func (c *Config) setDefaults() {
@@ -84,7 +84,7 @@ type Agent struct {
 func New(cfg Config) *Agent {
 	cfg.setDefaults()
 	a := &Agent{cfg: cfg, log: cfg.Logger, spawn: directSpawner{}}
-	if cfg.reap {
+	if cfg.Reap {
 		a.spawn = startReaper()
 	}
 	return a

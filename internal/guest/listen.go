@@ -152,4 +152,3 @@ func DefaultListen() string {
 	}
 	return "serial:" + DefaultSerialName
 }
-

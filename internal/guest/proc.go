@@ -41,20 +41,26 @@ func (directSpawner) start(path string, argv []string, attr *os.ProcAttr) (int, 
 type reaper struct {
 	mu      sync.Mutex
 	waiters map[int]chan syscall.WaitStatus
+	sig     chan os.Signal
 }
 
 // startReaper begins reaping; it is meant for PID 1, which inherits every
 // orphan in the VM.
 func startReaper() *reaper {
-	r := &reaper{waiters: make(map[int]chan syscall.WaitStatus)}
-	sig := make(chan os.Signal, 16)
-	signal.Notify(sig, syscall.SIGCHLD)
+	r := &reaper{waiters: make(map[int]chan syscall.WaitStatus), sig: make(chan os.Signal, 16)}
+	signal.Notify(r.sig, syscall.SIGCHLD)
 	go func() {
-		for range sig {
+		for range r.sig {
 			r.reap()
 		}
 	}()
 	return r
+}
+
+// stop ends reaping; only tests need it, PID 1 reaps until power off.
+func (r *reaper) stop() {
+	signal.Stop(r.sig)
+	close(r.sig)
 }
 
 func (r *reaper) reap() {

@@ -1,0 +1,115 @@
+//go:build linux
+
+package guest
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+)
+
+// sysOps is the part of the kernel PID 1 setup talks to; tests record the
+// calls instead of making them.
+type sysOps interface {
+	Mount(source, target, fstype string, flags uintptr, data string) error
+	Mkdir(path string, mode uint32) error
+	Symlink(oldname, newname string) error
+	Chdir(path string) error
+	Chroot(path string) error
+	Sethostname(name string) error
+	LinkUp(name string) error
+	RootReadOnly() (bool, error)
+}
+
+// overlayDir is where the writable root is assembled: /tmp exists in every
+// Debian image, and at this point nothing else is mounted on it.
+const overlayDir = "/tmp"
+
+// setupSystem makes the VM usable as PID 1: a writable root when the root
+// filesystem is read-only, then the pseudo filesystems.
+func setupSystem(sys sysOps, log *slog.Logger) error {
+	ro, err := sys.RootReadOnly()
+	if err != nil {
+		return fmt.Errorf("statfs /: %w", err)
+	}
+	if ro {
+		if err := overlayRoot(sys); err != nil {
+			return fmt.Errorf("writable root: %w", err)
+		}
+	}
+	type mnt struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}
+	const nosuid, nodev, noexec = syscall.MS_NOSUID, syscall.MS_NODEV, syscall.MS_NOEXEC
+	for _, m := range []mnt{
+		{"proc", "/proc", "proc", nosuid | nodev | noexec, ""},
+		{"sysfs", "/sys", "sysfs", nosuid | nodev | noexec, ""},
+		{"devtmpfs", "/dev", "devtmpfs", nosuid, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", nosuid | noexec, "gid=5,mode=0620,ptmxmode=0666"},
+		{"tmpfs", "/dev/shm", "tmpfs", nosuid | nodev, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", nosuid | nodev, "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", nosuid | nodev, "mode=1777"},
+	} {
+		if err := sys.Mkdir(m.target, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("mkdir %s: %w", m.target, err)
+		}
+		err := sys.Mount(m.src, m.target, m.fstype, m.flags, m.data)
+		// CONFIG_DEVTMPFS_MOUNT may have mounted /dev already.
+		if err != nil && !(m.target == "/dev" && errors.Is(err, syscall.EBUSY)) {
+			return fmt.Errorf("mount %s: %w", m.target, err)
+		}
+	}
+	// Shells and runtimes expect these; udev would have made them.
+	for _, l := range [][2]string{{"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"},
+		{"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"}} {
+		if err := sys.Symlink(l[0], l[1]); err != nil && !errors.Is(err, os.ErrExist) {
+			log.Warn("symlink", "path", l[1], "err", err)
+		}
+	}
+	return nil
+}
+
+// configure applies what the kernel command line asks for; it needs /proc.
+func configure(sys sysOps, k KernelArgs, log *slog.Logger) error {
+	if err := sys.Sethostname(k.Hostname); err != nil {
+		log.Warn("sethostname", "err", err)
+	}
+	if err := sys.LinkUp("lo"); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	return nil
+}
+
+// overlayRoot stacks a tmpfs over the read-only root and moves into the
+// merged tree, so that the workload can write anywhere (the prewarmed
+// /var/cache/go-build, /home) copy-on-write while the base image, shared
+// by every VM, stays untouched.
+func overlayRoot(sys sysOps) error {
+	if err := sys.Mount("tmpfs", overlayDir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755"); err != nil {
+		return err
+	}
+	for _, d := range []string{"upper", "work", "merged"} {
+		if err := sys.Mkdir(overlayDir+"/"+d, 0o755); err != nil {
+			return err
+		}
+	}
+	opts := "lowerdir=/,upperdir=" + overlayDir + "/upper,workdir=" + overlayDir + "/work"
+	if err := sys.Mount("overlay", overlayDir+"/merged", "overlay", 0, opts); err != nil {
+		return err
+	}
+	// switch_root's way: move the new tree onto / and chroot into it.
+	if err := sys.Chdir(overlayDir + "/merged"); err != nil {
+		return err
+	}
+	if err := sys.Mount(".", "/", "", syscall.MS_MOVE, ""); err != nil {
+		return err
+	}
+	if err := sys.Chroot("."); err != nil {
+		return err
+	}
+	return sys.Chdir("/")
+}

@@ -77,6 +77,9 @@ type Agent struct {
 
 	runtimesOnce sync.Once
 	runtimes     map[string]string
+
+	homeOnce sync.Once
+	home     string
 }
 
 // New returns an agent. Call it once per process: as PID 1 it installs

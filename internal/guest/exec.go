@@ -88,11 +88,22 @@ func (a *Agent) workloadUser(workDir string) user_ {
 		cred: &syscall.Credential{Uid: uint32(a.cfg.UID), Gid: uint32(a.cfg.GID), Groups: []uint32{}},
 		uid:  a.cfg.UID, gid: a.cfg.GID, home: workDir,
 	}
-	// The uid need not exist in /etc/passwd; when it does, use its home.
-	if pw, err := user.LookupId(strconv.Itoa(a.cfg.UID)); err == nil && writableBy(pw.HomeDir, u.uid, u.gid) {
-		u.home = pw.HomeDir
+	if home := a.userHome(); home != "" {
+		u.home = home
 	}
 	return u
+}
+
+// userHome is the home of cfg.UID when it exists in /etc/passwd and the
+// user can write it (the uid need not exist). Looked up once: NSS is slow
+// next to a python start.
+func (a *Agent) userHome() string {
+	a.homeOnce.Do(func() {
+		if pw, err := user.LookupId(strconv.Itoa(a.cfg.UID)); err == nil && writableBy(pw.HomeDir, a.cfg.UID, a.cfg.GID) {
+			a.home = pw.HomeDir
+		}
+	})
+	return a.home
 }
 
 // run prepares the work dir, builds if needed and runs the workload. An

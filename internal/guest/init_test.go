@@ -25,12 +25,12 @@ func (r *recordingSys) Mount(src, target, fstype string, flags uintptr, data str
 	return r.add("mount %s %s %s %#x %q", src, target, fstype, flags, data)
 }
 func (r *recordingSys) Mkdir(path string, mode uint32) error { return r.add("mkdir %s", path) }
-func (r *recordingSys) Symlink(o, n string) error             { return r.add("symlink %s %s", o, n) }
-func (r *recordingSys) Chdir(path string) error               { return r.add("chdir %s", path) }
-func (r *recordingSys) Chroot(path string) error              { return r.add("chroot %s", path) }
-func (r *recordingSys) Sethostname(name string) error         { return r.add("hostname %s", name) }
-func (r *recordingSys) LinkUp(name string) error              { return r.add("up %s", name) }
-func (r *recordingSys) RootReadOnly() (bool, error)           { return r.ro, nil }
+func (r *recordingSys) Symlink(o, n string) error            { return r.add("symlink %s %s", o, n) }
+func (r *recordingSys) Chdir(path string) error              { return r.add("chdir %s", path) }
+func (r *recordingSys) Chroot(path string) error             { return r.add("chroot %s", path) }
+func (r *recordingSys) Sethostname(name string) error        { return r.add("hostname %s", name) }
+func (r *recordingSys) LinkUp(name string) error             { return r.add("up %s", name) }
+func (r *recordingSys) RootReadOnly() (bool, error)          { return r.ro, nil }
 
 const pseudoMounts = `mkdir /proc
 mount proc /proc proc 0xe ""

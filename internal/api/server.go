@@ -1,0 +1,370 @@
+// Package api is Vulcan's HTTP API: a chi router over the engine. See openapi.json for the
+// routes and wire format; README.md has examples.
+package api
+
+import (
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/version"
+)
+
+// MaxBodyBytes caps request bodies; an archive must fit in it after base64.
+const MaxBodyBytes = 16 << 20
+
+// Options are New's dependencies.
+type Options struct {
+	Engine   *engine.Engine
+	Registry *backend.Registry
+	// Token, when set, is required as "Authorization: Bearer <token>" on every route but
+	// /healthz and /readyz.
+	Token    string
+	Logger   *slog.Logger          // nil: slog.Default()
+	Metrics  prometheus.Registerer // HTTP metrics are registered here; nil: not collected
+	Gatherer prometheus.Gatherer   // served at /metrics; nil: prometheus.DefaultGatherer
+	// Dashboard, when set, serves every path the API does not claim, starting at "/".
+	Dashboard http.Handler
+	// Heartbeat is the interval of SSE comment lines that keep proxies from timing a quiet
+	// stream out; default 15s.
+	Heartbeat time.Duration
+}
+
+// Server is the API's http.Handler.
+type Server struct {
+	o      Options
+	log    *slog.Logger
+	router chi.Router
+
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// New builds the router.
+func New(o Options) (*Server, error) {
+	if o.Engine == nil || o.Registry == nil {
+		return nil, errors.New("api: Engine and Registry are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Gatherer == nil {
+		o.Gatherer = prometheus.DefaultGatherer
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 15 * time.Second
+	}
+	s := &Server{o: o, log: o.Logger,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vulcan_http_requests_total", Help: "HTTP requests, by method, route pattern and status code.",
+		}, []string{"method", "route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "vulcan_http_request_duration_seconds", Help: "HTTP request latency, by method and route pattern (SSE streams excluded).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 12),
+		}, []string{"method", "route"}),
+	}
+	if o.Metrics != nil {
+		if err := errors.Join(o.Metrics.Register(s.requests), o.Metrics.Register(s.latency)); err != nil {
+			return nil, fmt.Errorf("api: metrics: %w", err)
+		}
+	}
+
+	r := chi.NewRouter()
+	r.Use(s.instrument, s.recoverer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNoRoute) })
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errMethod) })
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Group(func(r chi.Router) {
+		r.Use(s.auth)
+		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+		r.Route("/v1", func(r chi.Router) {
+			r.NotFound(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNoRoute) })
+			r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errMethod) })
+			r.Get("/openapi.json", s.openapi)
+			r.Get("/backends", s.backends)
+			r.Get("/stats", s.stats)
+			r.Post("/workloads", s.submitSync)
+			r.Post("/workloads/async", s.submitAsync)
+			r.Get("/workloads", s.list)
+			r.Get("/workloads/{id}", s.get)
+			r.Delete("/workloads/{id}", s.kill)
+			r.Get("/workloads/{id}/logs", s.logsStream)
+			r.Get("/workloads/{id}/logs/history", s.logsHistory)
+		})
+	})
+	if o.Dashboard != nil {
+		r.Handle("/*", o.Dashboard)
+	}
+	s.router = r
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Router exposes the routes, for tests that walk them.
+func (s *Server) Router() chi.Routes { return s.router }
+
+func (s *Server) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		route := chi.RouteContext(r.Context()).RoutePattern()
+		if route == "" {
+			route = "unmatched"
+		}
+		status := ww.Status()
+		if status == 0 {
+			status = http.StatusOK
+		}
+		s.requests.WithLabelValues(r.Method, route, strconv.Itoa(status)).Inc()
+		if !strings.HasSuffix(route, "/logs") {
+			s.latency.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
+		}
+		s.log.Debug("http", "method", r.Method, "path", r.URL.Path, "status", status, "dur", time.Since(start))
+	})
+}
+
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.writeError(w, r, fmt.Errorf("panic: %v", p))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) auth(next http.Handler) http.Handler {
+	if s.o.Token == "" {
+		return next
+	}
+	want := []byte("Bearer " + s.o.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			s.writeError(w, r, errUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": version.Version})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := s.o.Engine.Ready(r.Context()); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) backends(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, Backends{Backends: s.o.Registry.Statuses(r.Context())})
+}
+
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	st, err := s.o.Engine.Stats(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// decodeSpec reads a submission; every failure wraps engine.ErrInvalid (or is the
+// MaxBytesError) so it maps to a 4xx with a message that names the problem.
+func decodeSpec(w http.ResponseWriter, r *http.Request) (model.Spec, error) {
+	var spec model.Spec
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&spec)
+	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
+		err = errors.New("unexpected data after the JSON object")
+	}
+	if err == nil {
+		return spec, nil
+	}
+	var tooBig *http.MaxBytesError
+	var b64 base64.CorruptInputError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooBig):
+		return spec, err
+	case errors.As(err, &b64):
+		return spec, fmt.Errorf("%w: code_archive is not valid base64 (%v)", engine.ErrInvalid, err)
+	case errors.As(err, &typ):
+		return spec, fmt.Errorf("%w: field %s must be %s, not a JSON %s", engine.ErrInvalid, typ.Field, typ.Type, typ.Value)
+	case errors.Is(err, io.EOF):
+		return spec, fmt.Errorf("%w: request body is empty; send a JSON workload", engine.ErrInvalid)
+	}
+	return spec, fmt.Errorf("%w: body is not a valid workload JSON object: %v", engine.ErrInvalid, err)
+}
+
+func (s *Server) submitSync(w http.ResponseWriter, r *http.Request) {
+	spec, err := decodeSpec(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	wl, err := s.o.Engine.Submit(r.Context(), spec)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	// The request's context only bounds the wait: if the client leaves, the workload runs
+	// on (engine package doc) and its result stays at GET /v1/workloads/{id}.
+	done, err := s.o.Engine.Wait(r.Context(), wl.ID)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return
+		}
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, NewWorkload(done))
+}
+
+func (s *Server) submitAsync(w http.ResponseWriter, r *http.Request) {
+	spec, err := decodeSpec(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	wl, err := s.o.Engine.Submit(r.Context(), spec)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/workloads/"+wl.ID)
+	writeJSON(w, http.StatusAccepted, NewWorkload(wl))
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	wl, err := s.o.Engine.Get(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, NewWorkload(wl))
+}
+
+func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
+	wl, err := s.o.Engine.Kill(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, NewWorkload(wl))
+}
+
+// MaxListLimit bounds one page of GET /v1/workloads.
+const MaxListLimit = 500
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := store.Filter{Limit: 50}
+	bad := func(format string, args ...any) {
+		s.writeError(w, r, fmt.Errorf("%w: "+format, append([]any{engine.ErrInvalid}, args...)...))
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxListLimit {
+			bad("limit must be between 1 and %d, got %q", MaxListLimit, v)
+			return
+		}
+		f.Limit = n
+	}
+	if v := q.Get("offset"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			bad("offset must be a non-negative integer, got %q", v)
+			return
+		}
+		f.Offset = n
+	}
+	if v := model.Status(q.Get("status")); v != "" {
+		if !v.Valid() {
+			bad("unknown status %q", v)
+			return
+		}
+		f.Status = v
+	}
+	if v := model.Runtime(q.Get("runtime")); v != "" {
+		if !v.Valid() {
+			bad("unknown runtime %q", v)
+			return
+		}
+		f.Runtime = v
+	}
+	if v := model.Isolation(q.Get("isolation")); v != "" {
+		if !v.Valid() {
+			bad("unknown isolation %q", v)
+			return
+		}
+		f.Isolation = v
+	}
+	ws, total, err := s.o.Engine.List(r.Context(), f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := WorkloadList{Workloads: make([]Workload, 0, len(ws)), Total: total, Limit: f.Limit, Offset: f.Offset}
+	for _, wl := range ws {
+		out.Workloads = append(out.Workloads, NewWorkload(wl))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) logsHistory(w http.ResponseWriter, r *http.Request) {
+	after, err := seqParam(r.URL.Query().Get("after"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	lines, err := s.o.Engine.Logs(r.Context(), chi.URLParam(r, "id"), after, 0)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if lines == nil {
+		lines = []model.LogLine{}
+	}
+	writeJSON(w, http.StatusOK, LogHistory{Lines: lines})
+}
+
+func seqParam(v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%w: a log position must be a non-negative integer, got %q", engine.ErrInvalid, v)
+	}
+	return n, nil
+}

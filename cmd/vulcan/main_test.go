@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vulcanhq/vulcan/internal/api"
+	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
+	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/store"
+)
+
+// cli runs the vulcan command in-process.
+func cli(t *testing.T, server string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var o, e bytes.Buffer
+	err = run(context.Background(), append([]string{"--server", server}, args...), &o, &e)
+	return o.String(), e.String(), err
+}
+
+// fakeServer is the real API and engine over the fake backend, in-process.
+func fakeServer(t *testing.T, fake *backendtest.Fake) string {
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := backend.NewRegistry()
+	reg.Register(fake)
+	quiet := slog.New(slog.DiscardHandler)
+	e, err := engine.New(context.Background(), engine.Options{Store: st, Registry: reg, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := api.New(api.Options{Engine: e, Registry: reg, Logger: quiet, Gatherer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		hs.CloseClientConnections()
+		hs.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		e.Shutdown(ctx)
+		st.Close()
+	})
+	return hs.URL
+}
+
+func TestCLIRunPrintsOutputAndExitCode(t *testing.T) {
+	var gotSpec model.Spec
+	fake := &backendtest.Fake{Run: func(ctx context.Context, job backend.Job, sink backend.Sink) (backend.Result, error) {
+		gotSpec = job.Spec
+		sink.Line(model.Stdout, "hello from "+string(job.Spec.Runtime))
+		sink.Line(model.Stderr, "warning")
+		return backend.Result{ExitCode: 7}, nil
+	}}
+	url := fakeServer(t, fake)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "job.py")
+	os.WriteFile(file, []byte("print('hi')"), 0o644)
+	input := filepath.Join(dir, "in.txt")
+	os.WriteFile(input, []byte("some input"), 0o644)
+
+	out, errOut, err := cli(t, url, "run", "--file", file, "--input", input, "--env", "A=1", "--env", "B=x=y", "--timeout", "9")
+	var exit exitError
+	if !errors.As(err, &exit) || exit.code != 7 {
+		t.Fatalf("err %v", err)
+	}
+	if out != "hello from python\n" || !strings.Contains(errOut, "warning\n") {
+		t.Fatalf("stdout %q stderr %q", out, errOut)
+	}
+	if gotSpec.Code != "print('hi')" || string(gotSpec.Stdin()) != "some input" || gotSpec.Env["B"] != "x=y" || gotSpec.Resources.TimeoutS != 9 {
+		t.Fatalf("spec %+v", gotSpec)
+	}
+}
+
+func TestCLIRunDirSendsArchive(t *testing.T) {
+	var archive []byte
+	fake := &backendtest.Fake{Run: func(ctx context.Context, job backend.Job, sink backend.Sink) (backend.Result, error) {
+		archive = job.Spec.Archive
+		return backend.Result{}, nil
+	}}
+	url := fakeServer(t, fake)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "index.js"), []byte("console.log(1)"), 0o644)
+	os.MkdirAll(filepath.Join(dir, "lib"), 0o755)
+	os.WriteFile(filepath.Join(dir, "lib", "x.js"), []byte("x"), 0o644)
+	if _, _, err := cli(t, url, "run", "--runtime", "node", "--dir", dir); err != nil {
+		t.Fatal(err)
+	}
+	names, err := tarNames(archive)
+	if err != nil || strings.Join(names, ",") != "index.js,lib,lib/x.js" {
+		t.Fatalf("archive entries %v %v", names, err)
+	}
+}
+
+func TestCLIAsyncStatusLogsLsKill(t *testing.T) {
+	b := backendtest.NewBlocker(1)
+	url := fakeServer(t, &backendtest.Fake{Run: b.Run})
+	out, _, err := cli(t, url, "run", "--runtime", "go", "--code", "package main", "--async")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(out)
+	<-b.Started
+	if out, _, err := cli(t, url, "status", id); err != nil || !strings.Contains(out, "status:     running") {
+		t.Fatalf("status: %q %v", out, err)
+	}
+	if out, _, err := cli(t, url, "ls"); err != nil || !strings.Contains(out, id) || !strings.Contains(out, "1 of 1 workloads") {
+		t.Fatalf("ls: %q %v", out, err)
+	}
+	if out, _, err := cli(t, url, "kill", id); err != nil || out != id+" killed\n" {
+		t.Fatalf("kill: %q %v", out, err)
+	}
+	if _, _, err := cli(t, url, "kill", id); err == nil || !strings.Contains(err.Error(), "already finished") {
+		t.Fatalf("second kill: %v", err)
+	}
+	out, _, err = cli(t, url, "logs", id)
+	if err != nil || !strings.Contains(out, "stdout started") || !strings.Contains(out, "system killed by request") {
+		t.Fatalf("logs: %q %v", out, err)
+	}
+	if out2, _, err := cli(t, url, "logs", "-f", id); err != nil || out2 != out {
+		t.Fatalf("logs -f of a finished workload differs: %q vs %q (%v)", out2, out, err)
+	}
+	if _, _, err := cli(t, url, "status", "nope"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("status of unknown: %v", err)
+	}
+}
+
+func TestCLIUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "--runtime", "go"},
+		{"run", "--code", "x", "--file", "y"},
+		{"run", "--code", "x"},
+		{"status"},
+	} {
+		if _, _, err := cli(t, "http://127.0.0.1:1", args...); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+	_, _, err := cli(t, "http://127.0.0.1:1", "ls")
+	if err == nil || !strings.Contains(err.Error(), "cannot reach the Vulcan server") {
+		t.Fatalf("unreachable server: %v", err)
+	}
+}
+
+// The real binary never links the fake backend.
+func TestBinaryHasNoFakeBackend(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "backendtest") {
+		t.Fatal("cmd/vulcan depends on internal/backend/backendtest")
+	}
+}
+
+// TestAgainstServeProcess builds vulcan and checks what a user sees from a real server
+// that has no microVM backend.
+func TestAgainstServeProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "vulcan")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	data := t.TempDir()
+	srv := exec.Command(bin, "serve", "--listen", addr, "--data-dir", data)
+	srv.Dir = t.TempDir() // no stray .env
+	var logs bytes.Buffer
+	srv.Stdout, srv.Stderr = &logs, &logs
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	defer func() {
+		srv.Process.Signal(os.Interrupt)
+		<-exited
+		if t.Failed() {
+			t.Logf("server log:\n%s", logs.String())
+		}
+	}()
+	url := "http://" + addr
+	waitHealthy(t, url, exited)
+
+	vulcan := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, append([]string{"--server", url}, args...)...)
+		cmd.Dir = t.TempDir()
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := vulcan("backends")
+	if err != nil || !strings.Contains(out, "microvm") || !strings.Contains(out, "no") || !strings.Contains(out, "not built yet") {
+		t.Fatalf("backends: %q %v", out, err)
+	}
+	out, err = vulcan("run", "--runtime", "python", "--code", "print(1)")
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 || !strings.Contains(out, "microvm: backend not built yet") {
+		t.Fatalf("run without a backend: %q %v", out, err)
+	}
+	if out, err := vulcan("ls"); err != nil || !strings.Contains(out, "0 of 0 workloads") {
+		t.Fatalf("ls: %q %v", out, err)
+	}
+	if out, err := vulcan("status", "01NOPE"); err == nil || !strings.Contains(out, "not found") {
+		t.Fatalf("status: %q %v", out, err)
+	}
+	if out, err := vulcan("version"); err != nil || !strings.HasPrefix(out, "vulcan ") {
+		t.Fatalf("version: %q %v", out, err)
+	}
+
+	// SIGTERM is a clean stop.
+	srv.Process.Signal(os.Interrupt)
+	if err := <-exited; err != nil {
+		t.Fatalf("server exit after SIGINT: %v", err)
+	}
+	exited <- nil
+	if !strings.Contains(logs.String(), "stopped") {
+		t.Fatalf("no clean stop in log:\n%s", logs.String())
+	}
+}
+
+func TestServeRefusesPublicAddressWithoutToken(t *testing.T) {
+	t.Chdir(t.TempDir())
+	err := run(context.Background(), []string{"serve", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir()}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "VULCAN_API_TOKEN") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func waitHealthy(t *testing.T, url string, exited <-chan error) {
+	t.Helper()
+	for i := 0; ; i++ {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("server exited: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if i > 600 {
+			t.Fatal(fmt.Sprint("server not healthy: ", err))
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/vulcanhq/vulcan/internal/api"
+	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/config"
+	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/version"
+)
+
+func serveCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the API (and dashboard) until SIGINT or SIGTERM",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg, cmd.ErrOrStderr())
+		},
+	}
+	config.RegisterFlags(cmd.Flags(), "listen", "data-dir", "images-dir", "max-concurrent", "queue-size", "output-limit",
+		"vmm", "firecracker-bin", "qemu-bin", "log-level", "shutdown-timeout")
+	return cmd
+}
+
+// serve runs the server until ctx ends, then shuts down in dependency order: stop taking
+// requests' new work (engine), drain HTTP, release backends, close the store.
+func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]byte) (int, error) }) (err error) {
+	if err := cfg.ValidateServe(); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	slog.SetDefault(log)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	st, err := store.Open(ctx, cfg.DatabasePath())
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := backend.NewRegistry()
+	cleanup, err := registerBackends(ctx, cfg, reg, metrics, log)
+	if err != nil {
+		return fmt.Errorf("backends: %w", err)
+	}
+	defer cleanup()
+
+	eng, err := engine.New(ctx, engine.Options{
+		Config:   engine.Config{MaxConcurrent: cfg.MaxConcurrent, QueueSize: queueSize(cfg.QueueSize), OutputLimit: cfg.OutputLimit},
+		Store:    st,
+		Registry: reg,
+		Metrics:  metrics,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	handler, err := api.New(api.Options{Engine: eng, Registry: reg, Token: cfg.APIToken, Logger: log, Metrics: metrics, Gatherer: metrics})
+	if err != nil {
+		eng.Shutdown(ctx)
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		eng.Shutdown(context.Background())
+		return err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	for _, s := range reg.Statuses(ctx) {
+		log.Info("backend", "name", s.Name, "available", s.Available, "reason", s.Reason)
+	}
+	log.Info("vulcan serving", "addr", "http://"+ln.Addr().String(), "version", version.Version, "data_dir", cfg.DataDir,
+		"images_dir", cfg.ImagesDir, "auth", cfg.APIToken != "")
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		eng.Shutdown(context.Background())
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	// The engine first: sync requests waiting on workloads get their answers, SSE
+	// streams get their done events, and new submissions get 503 meanwhile.
+	if err := eng.Shutdown(sctx); err != nil {
+		log.Warn("running workloads were cancelled at the shutdown deadline", "err", err)
+	}
+	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer hcancel()
+	if err := srv.Shutdown(hctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// queueSize maps the config's "0 means no queue" onto the engine's "negative means none".
+func queueSize(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}

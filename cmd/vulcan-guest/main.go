@@ -15,6 +15,7 @@ import (
 	"os"
 
 	"github.com/vulcanhq/vulcan/internal/guest"
+	"github.com/vulcanhq/vulcan/internal/protocol"
 	"github.com/vulcanhq/vulcan/internal/version"
 )
 
@@ -54,7 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, pid1 bool
 		return err
 	}
 	if *showVersion {
-		fmt.Fprintln(stdout, version.Version)
+		// The image build records this line in the manifest; doctor reads the protocol from it.
+		fmt.Fprintf(stdout, "vulcan-guest %s protocol %d\n", version.Version, protocol.Version)
 		return nil
 	}
 	level := slog.LevelInfo

@@ -65,7 +65,7 @@ func Listen(spec string) (Listener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listen %q: %w", spec, err)
 		}
-		return &serialListener{f: f, spec: spec}, nil
+		return newSerialListener(f, spec), nil
 	}
 	return nil, fmt.Errorf("listen %q: unknown kind %q", spec, kind)
 }
@@ -103,17 +103,32 @@ func findSerialPort(name, devDir, sysDir string) (string, error) {
 // serialListener turns a virtio-serial port into sessions. The port is not
 // connection-oriented: it stays open for the agent's life, and a session
 // ends when the host side disconnects (reads return EOF). Writing the next
-// hello then blocks in the kernel until the host reconnects.
+// hello then blocks in the kernel until the host reconnects. There is one
+// stream, so there is at most one session: Accept waits until the previous
+// session is closed before handing out the next.
 type serialListener struct {
 	f    *os.File
 	spec string
+	free chan struct{} // holds a token while no session is open
 
 	mu       sync.Mutex
 	sessions int
 	closed   bool
+	done     chan struct{}
+}
+
+func newSerialListener(f *os.File, spec string) *serialListener {
+	s := &serialListener{f: f, spec: spec, free: make(chan struct{}, 1), done: make(chan struct{})}
+	s.free <- struct{}{}
+	return s
 }
 
 func (s *serialListener) Accept() (io.ReadWriteCloser, error) {
+	select {
+	case <-s.free:
+	case <-s.done:
+		return nil, net.ErrClosed
+	}
 	s.mu.Lock()
 	closed, n := s.closed, s.sessions
 	s.sessions++
@@ -125,24 +140,35 @@ func (s *serialListener) Accept() (io.ReadWriteCloser, error) {
 		// A host that disconnects immediately must not make us spin.
 		time.Sleep(50 * time.Millisecond)
 	}
-	return serialSession{s.f}, nil
+	return &serialSession{f: s.f, free: s.free}, nil
 }
 
 func (s *serialListener) Close() error {
 	s.mu.Lock()
-	s.closed = true
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
 	s.mu.Unlock()
 	return s.f.Close()
 }
 
 func (s *serialListener) String() string { return s.spec }
 
-// serialSession keeps the port open when the session ends.
-type serialSession struct{ f *os.File }
+// serialSession keeps the port open when the session ends and lets the
+// listener hand out the next one.
+type serialSession struct {
+	f    *os.File
+	free chan struct{}
+	once sync.Once
+}
 
-func (s serialSession) Read(p []byte) (int, error)  { return s.f.Read(p) }
-func (s serialSession) Write(p []byte) (int, error) { return s.f.Write(p) }
-func (s serialSession) Close() error                { return nil }
+func (s *serialSession) Read(p []byte) (int, error)  { return s.f.Read(p) }
+func (s *serialSession) Write(p []byte) (int, error) { return s.f.Write(p) }
+func (s *serialSession) Close() error {
+	s.once.Do(func() { s.free <- struct{}{} })
+	return nil
+}
 
 // DefaultListen picks the channel the VMM offers: vsock when the guest has
 // it (Firecracker), else the virtio-serial port (QEMU without vhost-vsock).

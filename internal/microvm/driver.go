@@ -19,9 +19,9 @@ type DriverOptions struct {
 	Kernel         string // used by the KVM probe
 }
 
-// firecrackerDriver builds the Firecracker driver; set by the firecracker wiring so this
-// package does not depend on the SDK when it is not linked in.
-var firecrackerDriver func(bin string) vmm.Driver
+// firecrackerDriver builds the Firecracker driver; set by the firecracker wiring
+// (firecracker_wiring.go) so that the SDK stays behind one seam.
+var firecrackerDriver func(opts DriverOptions) vmm.Driver
 
 // KVMUsable reports whether /dev/kvm can be opened for VMs, and if not, why.
 func KVMUsable() error {
@@ -70,13 +70,13 @@ func ResolveDriver(opts DriverOptions) func() (vmm.Driver, error) {
 			if err := fcReason(); err != nil {
 				return nil, err
 			}
-			return firecrackerDriver(opts.FirecrackerBin), nil
+			return firecrackerDriver(opts), nil
 		case "qemu":
 			return qemuDriver()
 		case "", "auto":
 			fcErr := fcReason()
 			if fcErr == nil {
-				return firecrackerDriver(opts.FirecrackerBin), nil
+				return firecrackerDriver(opts), nil
 			}
 			d, qErr := qemuDriver()
 			if qErr != nil {

@@ -1,0 +1,194 @@
+package microvm
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vulcanhq/vulcan/internal/images"
+	"github.com/vulcanhq/vulcan/internal/microvm/firecracker"
+	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/testenv"
+)
+
+// TestConformanceFirecrackerSim runs the conformance suite through the Firecracker
+// driver — SDK, API socket, hybrid vsock, stop escalation — against fcsim, which runs
+// the real agent on this host as the "guest". The runtimes are the host's.
+func TestConformanceFirecrackerSim(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the simulator and the agent, runs workloads")
+	}
+	bin := shortDir(t)
+	for _, b := range [][2]string{{"fcsim", "./firecracker/fcsim"}, {"vulcan-guest", "../../cmd/vulcan-guest"}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b[0]), b[1])
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b[0], err, out)
+		}
+	}
+
+	// The agent, as root, runs workloads as uid 1000: give go workloads a build cache
+	// that uid can write (the image prewarms /var/cache/go-build; the host has none).
+	cache := filepath.Join(bin, "gocache")
+	if err := os.Mkdir(cache, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prewarmGoCache(t, cache)
+	if err := os.Chmod(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// No runtimes file: the agent asks the binaries for their versions.
+	t.Setenv("VULCAN_FCSIM_AGENT_ARGS", "--gocache "+cache+" --runtimes-file "+filepath.Join(bin, "none.json"))
+
+	imagesDir, runtimes := hostImages(t)
+	driver := firecracker.New(firecracker.Options{
+		Bin:      filepath.Join(bin, "fcsim"),
+		KVMCheck: func() error { return nil }, // the simulator needs none
+	})
+	h := newHarness(t, imagesDir, func() (vmm.Driver, error) { return driver, nil })
+	h.emulated = true
+	runConformance(t, h, runtimes)
+}
+
+// prewarmGoCache does what the go image build does for /var/cache/go-build: compiling
+// the standard library from a cold cache needs more memory than a small VM has (fcsim
+// enforces the VM's size), so the cache must hold it before a go workload runs. The
+// environment matches the agent's so that the cache keys do.
+func prewarmGoCache(t *testing.T, cache string) {
+	t.Helper()
+	gobin := "/usr/local/go/bin/go"
+	if _, err := os.Stat(gobin); err != nil {
+		return
+	}
+	src := filepath.Join(cache, "..", "prewarm")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"go.mod":  "module prewarm\n\ngo 1.21\n",
+		"main.go": "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(6 * 7) }\n",
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(gobin, "build", "-o", filepath.Join(src, "main"), ".")
+	cmd.Dir = src
+	cmd.Env = []string{"PATH=/usr/local/go/bin:/usr/bin:/bin", "HOME=" + src, "GOCACHE=" + cache, "GOPATH=" + filepath.Join(src, "gopath"),
+		"GOTOOLCHAIN=local", "GOPROXY=off", "GOFLAGS=-mod=mod", "CGO_ENABLED=0"}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("prewarm go cache: %v\n%s", err, out)
+	}
+	if os.Geteuid() == 0 {
+		// The agent runs workloads as uid 1000.
+		err := filepath.WalkDir(cache, func(p string, _ os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, 1000, 1000)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// hostImages makes an images dir whose "rootfs" images stand for the host's runtimes:
+// fcsim opens the kernel and drives but runs the workloads with the host's binaries,
+// found on the agent's fixed PATH.
+func hostImages(t *testing.T) (string, []model.Runtime) {
+	t.Helper()
+	dir := shortDir(t)
+	write := func(name string, v any) {
+		b := []byte("placeholder: fcsim opens but never boots this\n")
+		if v != nil {
+			var err error
+			if b, err = json.Marshal(v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(images.KernelFile, nil)
+	write(images.KernelManifestFile, images.KernelManifest{Kind: "kernel", Version: "fcsim"})
+	bins := map[model.Runtime]string{model.RuntimePython: "/usr/bin/python3", model.RuntimeNode: "/usr/bin/node", model.RuntimeGo: "/usr/local/go/bin/go"}
+	var have []model.Runtime
+	for _, rt := range model.Runtimes {
+		if _, err := os.Stat(bins[rt]); err != nil {
+			t.Logf("host has no %s (%s): its cases skip", rt, bins[rt])
+			continue
+		}
+		have = append(have, rt)
+		write(images.RootFSFile(rt), nil)
+		write(images.RootFSManifestFile(rt), images.RootFSManifest{Kind: "rootfs", Runtime: string(rt), RuntimeVersion: "host", SHA256: "host"})
+	}
+	return dir, have
+}
+
+// TestConformanceFirecrackerReal boots real Firecracker microVMs where KVM, the binary
+// and the images exist, through the same driver that VULCAN_VMM=firecracker resolves.
+func TestConformanceFirecrackerReal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs")
+	}
+	testenv.RequiresKVM(t)
+	bin := os.Getenv("VULCAN_FIRECRACKER_BIN")
+	if bin == "" {
+		p, err := exec.LookPath("firecracker")
+		if err != nil {
+			t.Skip("skipped: no firecracker binary (set VULCAN_FIRECRACKER_BIN or put it on PATH; `make download`)")
+		}
+		bin = p
+	}
+	dir := testenv.RequiresImages(t, "python")
+	var runtimes []model.Runtime
+	for _, rt := range model.Runtimes {
+		if _, err := os.Stat(filepath.Join(dir, images.RootFSFile(rt))); err == nil {
+			runtimes = append(runtimes, rt)
+		}
+	}
+	resolve := ResolveDriver(DriverOptions{VMM: "firecracker", FirecrackerBin: bin})
+	d, err := resolve()
+	if err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	if _, ok := d.(*firecracker.Driver); !ok {
+		t.Fatalf("VULCAN_VMM=firecracker resolved %T, want the firecracker driver", d)
+	}
+	h := newHarness(t, dir, resolve)
+	runConformance(t, h, runtimes)
+}
+
+// VULCAN_VMM=firecracker resolves to the Firecracker driver when KVM and the binary
+// are there, and says which is missing when not.
+func TestResolveFirecracker(t *testing.T) {
+	fake := filepath.Join(shortDir(t), "firecracker")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d, err := ResolveDriver(DriverOptions{VMM: "firecracker", FirecrackerBin: fake})()
+	if kvm := KVMUsable(); kvm != nil {
+		if err == nil || !strings.Contains(err.Error(), "KVM") {
+			t.Fatalf("without KVM (%v): err %v, want one naming KVM", kvm, err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fd, ok := d.(*firecracker.Driver); !ok || fd.Name() != "firecracker" {
+		t.Fatalf("resolved %T, want *firecracker.Driver", d)
+	}
+	_, err = ResolveDriver(DriverOptions{VMM: "firecracker", FirecrackerBin: fake + "-missing"})()
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%s-missing not found", fake)) {
+		t.Fatalf("missing binary: err %v", err)
+	}
+}

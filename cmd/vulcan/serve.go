@@ -36,7 +36,7 @@ func serveCommand() *cobra.Command {
 		},
 	}
 	config.RegisterFlags(cmd.Flags(), "listen", "data-dir", "images-dir", "max-concurrent", "queue-size", "output-limit",
-		"vmm", "firecracker-bin", "qemu-bin", "log-level", "shutdown-timeout")
+		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "log-level", "shutdown-timeout")
 	return cmd
 }
 

@@ -30,6 +30,7 @@ type Config struct {
 	VMM             string        // VULCAN_VMM: auto | firecracker | qemu
 	FirecrackerBin  string        // VULCAN_FIRECRACKER_BIN
 	QEMUBin         string        // VULCAN_QEMU_BIN
+	QEMUAccel       string        // VULCAN_QEMU_ACCEL: auto | kvm | tcg
 	LogLevel        slog.Level    // VULCAN_LOG_LEVEL: debug | info | warn | error
 	ShutdownTimeout time.Duration // VULCAN_SHUTDOWN_TIMEOUT: how long SIGTERM waits for running workloads
 	Server          string        // VULCAN_SERVER: the API the CLI talks to
@@ -84,6 +85,14 @@ var settings = []setting{
 	}, func(c *Config) string { return c.VMM }}),
 	entry("VULCAN_FIRECRACKER_BIN", "firecracker-bin", "path to the firecracker binary (default: search PATH)", str(func(c *Config) *string { return &c.FirecrackerBin })),
 	entry("VULCAN_QEMU_BIN", "qemu-bin", "path to qemu-system-x86_64 (default: search PATH)", str(func(c *Config) *string { return &c.QEMUBin })),
+	entry("VULCAN_QEMU_ACCEL", "qemu-accel", "QEMU acceleration: auto (KVM when a test boot works, else TCG), kvm or tcg", field{func(c *Config, v string) error {
+		switch v {
+		case "auto", "kvm", "tcg":
+			c.QEMUAccel = v
+			return nil
+		}
+		return fmt.Errorf("must be auto, kvm or tcg, got %q", v)
+	}, func(c *Config) string { return c.QEMUAccel }}),
 	entry("VULCAN_LOG_LEVEL", "log-level", "debug, info, warn or error", field{func(c *Config, v string) error {
 		return c.LogLevel.UnmarshalText([]byte(v))
 	}, func(c *Config) string { return strings.ToLower(c.LogLevel.String()) }}),
@@ -114,6 +123,7 @@ func Default() *Config {
 		QueueSize:       64,
 		OutputLimit:     1 << 20,
 		VMM:             "auto",
+		QEMUAccel:       "auto",
 		LogLevel:        slog.LevelInfo,
 		ShutdownTimeout: 30 * time.Second,
 		Server:          "http://127.0.0.1:8080",

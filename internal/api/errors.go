@@ -65,7 +65,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="vulcan"`)
 	}
-	writeJSON(w, status, ErrorBody{Error: ErrorDetail{Code: code, Message: msg}})
+	detail := ErrorDetail{Code: code, Message: msg}
+	var fe *fieldError
+	if public && errors.As(err, &fe) {
+		detail.Field = fe.field
+	}
+	writeJSON(w, status, ErrorBody{Error: detail})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

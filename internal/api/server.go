@@ -217,9 +217,9 @@ func decodeSpec(w http.ResponseWriter, r *http.Request) (model.Spec, error) {
 	case errors.As(err, &tooBig):
 		return spec, err
 	case errors.As(err, &b64):
-		return spec, fmt.Errorf("%w: code_archive is not valid base64 (%v)", engine.ErrInvalid, err)
+		return spec, &fieldError{"code_archive", fmt.Errorf("%w: code_archive is not valid base64 (%v)", engine.ErrInvalid, err)}
 	case errors.As(err, &typ):
-		return spec, fmt.Errorf("%w: field %s must be %s, not a JSON %s", engine.ErrInvalid, typ.Field, typ.Type, typ.Value)
+		return spec, &fieldError{typ.Field, fmt.Errorf("%w: field %s must be %s, not a JSON %s", engine.ErrInvalid, typ.Field, typ.Type, typ.Value)}
 	case errors.Is(err, io.EOF):
 		return spec, fmt.Errorf("%w: request body is empty; send a JSON workload", engine.ErrInvalid)
 	}
@@ -234,7 +234,7 @@ func (s *Server) submitSync(w http.ResponseWriter, r *http.Request) {
 	}
 	wl, err := s.o.Engine.Submit(r.Context(), spec)
 	if err != nil {
-		s.writeError(w, r, err)
+		s.writeError(w, r, s.withField(spec, err))
 		return
 	}
 	// The request's context only bounds the wait: if the client leaves, the workload runs
@@ -258,7 +258,7 @@ func (s *Server) submitAsync(w http.ResponseWriter, r *http.Request) {
 	}
 	wl, err := s.o.Engine.Submit(r.Context(), spec)
 	if err != nil {
-		s.writeError(w, r, err)
+		s.writeError(w, r, s.withField(spec, err))
 		return
 	}
 	w.Header().Set("Location", "/v1/workloads/"+wl.ID)

@@ -81,4 +81,7 @@ type ErrorBody struct {
 type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Field names the request field a validation error concerns ("runtime",
+	// "resources.mem_mb", "env.NAME"), when the server can tell.
+	Field string `json:"field,omitempty"`
 }

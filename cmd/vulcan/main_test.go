@@ -179,70 +179,33 @@ func TestAgainstServeProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "vulcan")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	// No images: what a user sees before `make images`.
+	srv := startServe(t, "--images-dir", t.TempDir())
+	out, code := srv.vulcan(t, "backends")
+	if code != 0 || !strings.Contains(out, "microvm") || !strings.Contains(out, "no kernel image") || !strings.Contains(out, "make images") {
+		t.Fatalf("backends: %q exit %d", out, code)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	if out, code := srv.vulcan(t, "run", "--runtime", "python", "--code", "print(1)"); code == 0 || !strings.Contains(out, "no kernel image") {
+		t.Fatalf("run without a backend: %q exit %d", out, code)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	data := t.TempDir()
-	srv := exec.Command(bin, "serve", "--listen", addr, "--data-dir", data)
-	srv.Dir = t.TempDir() // no stray .env
-	var logs bytes.Buffer
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
+	if out, code := srv.vulcan(t, "ls"); code != 0 || !strings.Contains(out, "0 of 0 workloads") {
+		t.Fatalf("ls: %q exit %d", out, code)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	defer func() {
-		srv.Process.Signal(os.Interrupt)
-		<-exited
-		if t.Failed() {
-			t.Logf("server log:\n%s", logs.String())
-		}
-	}()
-	url := "http://" + addr
-	waitHealthy(t, url, exited)
-
-	vulcan := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, append([]string{"--server", url}, args...)...)
-		cmd.Dir = t.TempDir()
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+	if out, code := srv.vulcan(t, "status", "01NOPE"); code == 0 || !strings.Contains(out, "not found") {
+		t.Fatalf("status: %q exit %d", out, code)
 	}
-	out, err := vulcan("backends")
-	if err != nil || !strings.Contains(out, "microvm") || !strings.Contains(out, "no") || !strings.Contains(out, "not built yet") {
-		t.Fatalf("backends: %q %v", out, err)
-	}
-	out, err = vulcan("run", "--runtime", "python", "--code", "print(1)")
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() == 0 || !strings.Contains(out, "microvm: backend not built yet") {
-		t.Fatalf("run without a backend: %q %v", out, err)
-	}
-	if out, err := vulcan("ls"); err != nil || !strings.Contains(out, "0 of 0 workloads") {
-		t.Fatalf("ls: %q %v", out, err)
-	}
-	if out, err := vulcan("status", "01NOPE"); err == nil || !strings.Contains(out, "not found") {
-		t.Fatalf("status: %q %v", out, err)
-	}
-	if out, err := vulcan("version"); err != nil || !strings.HasPrefix(out, "vulcan ") {
-		t.Fatalf("version: %q %v", out, err)
+	if out, code := srv.vulcan(t, "version"); code != 0 || !strings.HasPrefix(out, "vulcan ") {
+		t.Fatalf("version: %q exit %d", out, code)
 	}
 
 	// SIGTERM is a clean stop.
-	srv.Process.Signal(os.Interrupt)
-	if err := <-exited; err != nil {
+	srv.cmd.Process.Signal(os.Interrupt)
+	if err := <-srv.exited; err != nil {
 		t.Fatalf("server exit after SIGINT: %v", err)
 	}
-	exited <- nil
-	if !strings.Contains(logs.String(), "stopped") {
-		t.Fatalf("no clean stop in log:\n%s", logs.String())
+	srv.exited <- nil // for the cleanup's wait
+	if !strings.Contains(srv.logs.String(), "stopped") {
+		t.Fatalf("no clean stop in log:\n%s", srv.logs.String())
 	}
 }
 
@@ -252,6 +215,62 @@ func TestServeRefusesPublicAddressWithoutToken(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "VULCAN_API_TOKEN") {
 		t.Fatalf("got %v", err)
 	}
+}
+
+type serveProcess struct {
+	bin, url string
+	cmd      *exec.Cmd
+	exited   chan error
+	logs     bytes.Buffer
+}
+
+// startServe builds vulcan and runs `vulcan serve` on a free loopback port with a fresh
+// data dir; it is stopped with SIGINT when the test ends.
+func startServe(t *testing.T, args ...string) *serveProcess {
+	t.Helper()
+	p := &serveProcess{bin: filepath.Join(t.TempDir(), "vulcan"), exited: make(chan error, 1)}
+	if out, err := exec.Command("go", "build", "-o", p.bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	p.cmd = exec.Command(p.bin, append([]string{"serve", "--listen", addr, "--data-dir", t.TempDir()}, args...)...)
+	p.cmd.Dir = t.TempDir() // no stray .env
+	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(os.Interrupt)
+		<-p.exited
+		if t.Failed() {
+			t.Logf("server log:\n%s", p.logs.String())
+		}
+	})
+	p.url = "http://" + addr
+	waitHealthy(t, p.url, p.exited)
+	return p
+}
+
+// vulcan runs the CLI against the server.
+func (p *serveProcess) vulcan(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(p.bin, append([]string{"--server", p.url}, args...)...)
+	cmd.Dir = t.TempDir()
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return string(out), exit.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("vulcan %v: %v", args, err)
+	}
+	return string(out), 0
 }
 
 func waitHealthy(t *testing.T, url string, exited <-chan error) {

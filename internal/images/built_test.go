@@ -152,9 +152,12 @@ func TestBuiltImages(t *testing.T) {
 
 func debugfsCmd(t *testing.T, debugfs, img, req string) string {
 	t.Helper()
-	out, err := exec.Command(debugfs, "-R", req, img).CombinedOutput()
+	cmd := exec.Command(debugfs, "-R", req, img)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr // debugfs prints its banner there
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("debugfs %s: %v: %s", req, err, out)
+		t.Fatalf("debugfs %s: %v: %s", req, err, stderr.String())
 	}
 	return string(out)
 }

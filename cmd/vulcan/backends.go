@@ -42,5 +42,6 @@ func driverOptions(cfg *config.Config) microvm.DriverOptions {
 		QEMUAccel:      cfg.QEMUAccel,
 		FirecrackerBin: cfg.FirecrackerBin,
 		Kernel:         filepath.Join(cfg.ImagesDir, images.KernelFile),
+		ProbeCache:     microvm.DefaultProbeCache(),
 	}
 }

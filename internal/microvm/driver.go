@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 
 	"github.com/vulcanhq/vulcan/internal/microvm/qemu"
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
@@ -17,6 +18,8 @@ type DriverOptions struct {
 	QEMUAccel      string // auto | kvm | tcg
 	FirecrackerBin string
 	Kernel         string // used by the KVM probe
+	// ProbeCache remembers the KVM probe's verdict (see qemu.ProbeAccelCached).
+	ProbeCache string
 }
 
 // firecrackerDriver builds the Firecracker driver; set by the firecracker wiring
@@ -61,7 +64,7 @@ func ResolveDriver(opts DriverOptions) func() (vmm.Driver, error) {
 			}
 			accel := opts.QEMUAccel
 			if accel == "" || accel == "auto" {
-				accel, _ = qemu.ProbeAccel(context.Background(), opts.QEMUBin, opts.Kernel)
+				accel, _ = qemu.ProbeAccelCached(context.Background(), opts.QEMUBin, opts.Kernel, opts.ProbeCache)
 			}
 			return qemu.New(opts.QEMUBin, accel), nil
 		}
@@ -87,4 +90,19 @@ func ResolveDriver(opts DriverOptions) func() (vmm.Driver, error) {
 			return nil, fmt.Errorf("%w: unknown VMM %q (want auto, firecracker or qemu)", vmm.ErrNotAvailable, opts.VMM)
 		}
 	}
+}
+
+// DefaultProbeCache is where the KVM probe's verdict is kept: a property of the host, the
+// QEMU binary and the kernel (all part of the cached key), so it lives in the user's cache
+// dir, shared by every server and test on the machine. "" when there is none.
+func DefaultProbeCache() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	dir = filepath.Join(dir, "vulcan")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "accel-probe.json")
 }

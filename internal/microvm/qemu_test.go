@@ -22,6 +22,6 @@ func TestConformanceQEMU(t *testing.T) {
 			runtimes = append(runtimes, rt)
 		}
 	}
-	h := newHarness(t, dir, ResolveDriver(DriverOptions{VMM: "qemu", Kernel: filepath.Join(dir, "vmlinux")}))
+	h := newHarness(t, dir, ResolveDriver(DriverOptions{VMM: "qemu", Kernel: filepath.Join(dir, "vmlinux"), ProbeCache: DefaultProbeCache()}))
 	runConformance(t, h, runtimes)
 }

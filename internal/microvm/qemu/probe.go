@@ -3,7 +3,10 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -83,4 +86,57 @@ func lastLine(s string) string {
 		s = s[i+1:]
 	}
 	return s
+}
+
+// probeRecord is a cached probe result. It is valid for the same QEMU binary, kernel and
+// host boot: any of those changing can change whether KVM works.
+type probeRecord struct {
+	Key    string `json:"key"`
+	Accel  string `json:"accel"`
+	Reason string `json:"reason"`
+}
+
+// ProbeAccelCached is ProbeAccel with its result remembered in cacheFile, so a server
+// start or a test does not pay for a test boot each time.
+func ProbeAccelCached(ctx context.Context, bin, kernel, cacheFile string) (accel, reason string) {
+	key := probeKey(bin, kernel)
+	if cacheFile != "" && key != "" {
+		if b, err := os.ReadFile(cacheFile); err == nil && len(b) < 4096 {
+			var rec probeRecord
+			if json.Unmarshal(b, &rec) == nil && rec.Key == key && (rec.Accel == AccelKVM || rec.Accel == AccelTCG) {
+				return rec.Accel, rec.Reason
+			}
+		}
+	}
+	accel, reason = ProbeAccel(ctx, bin, kernel)
+	if cacheFile != "" && key != "" && ctx.Err() == nil {
+		if b, err := json.Marshal(probeRecord{Key: key, Accel: accel, Reason: reason}); err == nil {
+			tmp := cacheFile + ".tmp"
+			if os.WriteFile(tmp, b, 0o644) == nil {
+				_ = os.Rename(tmp, cacheFile)
+			}
+		}
+	}
+	return accel, reason
+}
+
+func probeKey(bin, kernel string) string {
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return ""
+	}
+	bst, err1 := os.Stat(path)
+	boot, err2 := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	// The kernel by content: `make kernel` reinstalls the same file with a new mtime.
+	kf, err3 := os.Open(kernel)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return ""
+	}
+	defer kf.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, io.LimitReader(kf, 256<<20)); err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s:%d:%d|%x|%s", path, bst.Size(), bst.ModTime().UnixNano(),
+		h.Sum(nil), strings.TrimSpace(string(boot)))
 }

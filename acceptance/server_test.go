@@ -1,0 +1,250 @@
+package acceptance
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vulcanhq/vulcan/internal/client"
+	"github.com/vulcanhq/vulcan/internal/testenv"
+)
+
+// vulcanBin is the binary under test: the one `make` built (VULCAN_BIN_DIR), else built
+// here once.
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+func vulcanBin(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		if d := testenv.BinDir(); d != "" {
+			if _, err := os.Stat(filepath.Join(d, "vulcan")); err == nil {
+				binPath = filepath.Join(d, "vulcan")
+				return
+			}
+		}
+		dir, err := os.MkdirTemp("", "vulcan-acc-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "vulcan")
+		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/vulcan").CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// server is a real `vulcan serve` process.
+type server struct {
+	t       testing.TB
+	bin     string
+	dataDir string
+	addr    string
+	url     string
+	env     []string
+	cmd     *exec.Cmd
+	exited  chan error
+	logs    *bytes.Buffer
+	c       *client.Client
+}
+
+// requireVMs gates the suite: QEMU and the images (CI provides both).
+func requireVMs(t testing.TB) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("acceptance tests boot VMs")
+	}
+	testenv.RequiresBinary(t, "qemu-system-x86_64")
+	return testenv.RequiresImages(t, "python", "node", "go")
+}
+
+// startServer starts vulcan serve on a free loopback port with a fresh data dir (or the
+// given one, for restarts) and the real images.
+func startServer(t testing.TB, dataDir string, env ...string) *server {
+	t.Helper()
+	images := requireVMs(t)
+	if dataDir == "" {
+		d, err := os.MkdirTemp("", "vacc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		dataDir = d
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	s := &server{t: t, bin: vulcanBin(t), dataDir: dataDir, addr: addr, url: "http://" + addr,
+		exited: make(chan error, 1), logs: &bytes.Buffer{}}
+	s.env = append(os.Environ(), "VULCAN_IMAGES_DIR="+images, "VULCAN_DATA_DIR="+dataDir, "VULCAN_LISTEN_ADDR="+addr)
+	s.env = append(s.env, env...)
+	s.cmd = exec.Command(s.bin, "serve")
+	s.cmd.Env = s.env
+	s.cmd.Dir = dataDir
+	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.exited <- s.cmd.Wait() }()
+	t.Cleanup(func() {
+		s.stop()
+		if t.Failed() {
+			t.Logf("server log (tail):\n%s", tail(s.logs.String(), 4000))
+		}
+	})
+	s.c = client.New(s.url, "")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(s.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-s.exited:
+			s.exited <- err
+			t.Fatalf("server exited: %v\n%s", err, s.logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server not healthy within 60s:\n%s", s.logs.String())
+		}
+	}
+	return s
+}
+
+// stop is SIGTERM and a wait (a graceful stop); idempotent.
+func (s *server) stop() {
+	select {
+	case err := <-s.exited:
+		s.exited <- err
+		return
+	default:
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.exited:
+		s.exited <- err
+	case <-time.After(60 * time.Second):
+		_ = s.cmd.Process.Kill()
+		err := <-s.exited
+		s.exited <- err
+	}
+}
+
+// crash is kill -9: no shutdown code runs.
+func (s *server) crash() {
+	_ = s.cmd.Process.Kill()
+	err := <-s.exited
+	s.exited <- err
+}
+
+// vulcan runs the CLI against this server.
+func (s *server) vulcan(args ...string) (string, int) {
+	s.t.Helper()
+	cmd := exec.Command(s.bin, append([]string{"--server", s.url}, args...)...)
+	cmd.Env = s.env
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		s.t.Fatalf("vulcan %v: %v", args, err)
+	}
+	return string(out), 0
+}
+
+// leftovers lists what VMs of this server may have left: VMM processes whose command line
+// names the data dir, entries in the VM state dir (sockets, consoles, scratch, dirs).
+func (s *server) leftovers() []string {
+	var out []string
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte(s.dataDir)) {
+			continue
+		}
+		name := strings.SplitN(string(cmdline), "\x00", 2)[0]
+		if strings.Contains(name, "qemu") || strings.Contains(name, "firecracker") || strings.Contains(name, "nsenter") {
+			out = append(out, fmt.Sprintf("process %d %s", pid, name))
+		}
+	}
+	vms, _ := os.ReadDir(filepath.Join(s.dataDir, "vms"))
+	for _, e := range vms {
+		out = append(out, "state "+e.Name())
+	}
+	return out
+}
+
+// metric returns the sum of the samples of a Prometheus metric whose line contains every
+// given label fragment.
+func (s *server) metric(name string, labels ...string) float64 {
+	s.t.Helper()
+	resp, err := http.Get(s.url + "/metrics")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		sum += v
+	}
+	return sum
+}
+
+func ctxFor(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}

@@ -52,4 +52,18 @@ bench: build images
 	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 20x ./...
 
 clean:
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
+
+# Fuzz every decoder of hostile bytes for a fixed budget each (`make test` runs a short
+# budget; run this with a longer one, e.g. FUZZTIME=10m). A crasher lands in testdata/fuzz
+# and becomes a regression test.
+FUZZTIME ?= 2m
+FUZZTIME_SHORT ?= 15s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReadMessage$$' -fuzztime $(FUZZTIME) ./internal/protocol/
+	$(GO) test -run '^$$' -fuzz '^FuzzExtract$$' -fuzztime $(FUZZTIME) ./internal/guest/archive/
+
+# The full soak: 200 workloads, then a kill -9 and restart (`make test` runs it with 40).
+soak: build images
+	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) VULCAN_SOAK_COUNT=200 $(GO) test -timeout 90m -count=1 -run TestSoakAndCrashRecovery -v ./acceptance/
 	rm -rf $(BIN)

@@ -12,7 +12,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/vulcanhq/vulcan/internal/version.Version=$(VERSION)
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all build run test test-short kernel rootfs images download fuzz bench clean
+.PHONY: all build run test test-short kernel rootfs images download fuzz soak bench clean
 
 all: build
 
@@ -43,15 +43,6 @@ run: build images
 
 test: build images
 	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -timeout $(TEST_TIMEOUT) ./...
-
-# Unit tests only: no images, no VM boots.
-test-short: build
-	$(GO) test -short ./...
-
-bench: build images
-	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 20x ./...
-
-clean:
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
 # Fuzz every decoder of hostile bytes for a fixed budget each (`make test` runs a short
@@ -66,4 +57,13 @@ fuzz:
 # The full soak: 200 workloads, then a kill -9 and restart (`make test` runs it with 40).
 soak: build images
 	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) VULCAN_SOAK_COUNT=200 $(GO) test -timeout 90m -count=1 -run TestSoakAndCrashRecovery -v ./acceptance/
+
+# Unit tests only: no images, no VM boots.
+test-short: build
+	$(GO) test -short ./...
+
+bench: build images
+	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 20x ./...
+
+clean:
 	rm -rf $(BIN)

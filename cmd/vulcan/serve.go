@@ -17,6 +17,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/config"
+	"github.com/vulcanhq/vulcan/internal/dashboard"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/store"
 	"github.com/vulcanhq/vulcan/internal/version"
@@ -77,7 +78,8 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	if err != nil {
 		return err
 	}
-	handler, err := api.New(api.Options{Engine: eng, Registry: reg, Token: cfg.APIToken, Logger: log, Metrics: metrics, Gatherer: metrics})
+	handler, err := api.New(api.Options{Engine: eng, Registry: reg, Token: cfg.APIToken, Logger: log, Metrics: metrics, Gatherer: metrics,
+		Dashboard: dashboard.New()})
 	if err != nil {
 		eng.Shutdown(ctx)
 		return err

@@ -35,8 +35,9 @@ rootfs: $(BIN)/vulcan-guest
 images: kernel $(BIN)/vulcan-guest
 	for rt in $(RUNTIMES); do scripts/build-rootfs.sh $$rt $(BIN)/vulcan-guest $(VULCAN_IMAGES_DIR) || exit 1; done
 
-download:
-	scripts/download.sh $(VULCAN_IMAGES_DIR)
+# Pinned Firecracker release + its CI kernel, SHA-256 verified (needs internet; fails fast).
+download: $(BIN)/vulcan
+	$(BIN)/vulcan download --images-dir $(VULCAN_IMAGES_DIR)
 
 run: build images
 	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) $(BIN)/vulcan serve

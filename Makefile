@@ -12,11 +12,11 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/vulcanhq/vulcan/internal/version.Version=$(VERSION)
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all build run test test-short kernel rootfs images download fuzz soak bench clean
+.PHONY: all build cni run test test-short kernel rootfs images download fuzz soak bench clean
 
 all: build
 
-build: $(BIN)/vulcan $(BIN)/vulcan-guest
+build: $(BIN)/vulcan $(BIN)/vulcan-guest cni
 
 # Go tracks its own staleness; these targets always ask it (cheap when nothing changed).
 .PHONY: $(BIN)/vulcan $(BIN)/vulcan-guest
@@ -25,6 +25,15 @@ $(BIN)/vulcan:
 
 $(BIN)/vulcan-guest:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/vulcan-guest
+
+# CNI plugins for VM networking: ours plus bridge and host-local, pinned in go.mod by its
+# tool directive (containernetworking/plugins).
+.PHONY: cni
+cni:
+	@mkdir -p $(BIN)/cni
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/cni/vulcan-cni-tap ./cmd/vulcan-cni-tap
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/cni/bridge github.com/containernetworking/plugins/plugins/main/bridge
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/cni/host-local github.com/containernetworking/plugins/plugins/ipam/host-local
 
 kernel:
 	scripts/build-kernel.sh $(VULCAN_IMAGES_DIR)

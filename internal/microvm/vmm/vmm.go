@@ -37,6 +37,20 @@ type Network struct {
 	Gateway net.IP
 }
 
+// KernelIPArg is the guest kernel's static configuration of eth0 (CONFIG_IP_PNP):
+// ip=<client>:<server>:<gateway>:<netmask>:<hostname>:<device>:<autoconf>, with no server,
+// no hostname and no autoconfiguration.
+func (n *Network) KernelIPArg() string {
+	if n == nil || n.GuestIP == nil {
+		return ""
+	}
+	mask := n.GuestIP.Mask
+	if len(mask) == net.IPv6len {
+		mask = mask[12:] // an IPv4 mask in 16-byte form
+	}
+	return "ip=" + n.GuestIP.IP.String() + "::" + n.Gateway.String() + ":" + net.IP(mask).String() + "::eth0:off"
+}
+
 // Driver starts VMs with one VMM.
 type Driver interface {
 	// Name is the VMM: "qemu" or "firecracker".

@@ -1,0 +1,32 @@
+package vmm
+
+import (
+	"net"
+	"testing"
+)
+
+func TestKernelIPArg(t *testing.T) {
+	for _, tc := range []struct {
+		cidr, gw, want string
+	}{
+		{"10.213.0.5/24", "10.213.0.1", "ip=10.213.0.5::10.213.0.1:255.255.255.0::eth0:off"},
+		{"10.213.3.200/16", "10.213.0.1", "ip=10.213.3.200::10.213.0.1:255.255.0.0::eth0:off"},
+		{"172.16.0.9/29", "172.16.0.9", "ip=172.16.0.9::172.16.0.9:255.255.255.248::eth0:off"},
+	} {
+		ip, n, err := net.ParseCIDR(tc.cidr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nw := &Network{GuestIP: &net.IPNet{IP: ip, Mask: n.Mask}, Gateway: net.ParseIP(tc.gw)}
+		if got := nw.KernelIPArg(); got != tc.want {
+			t.Errorf("%s via %s: got %q, want %q", tc.cidr, tc.gw, got, tc.want)
+		}
+	}
+	long := &Network{GuestIP: &net.IPNet{IP: net.ParseIP("10.213.0.7"), Mask: net.CIDRMask(120, 128)}, Gateway: net.ParseIP("10.213.0.1")}
+	if got, want := long.KernelIPArg(), "ip=10.213.0.7::10.213.0.1:255.255.255.0::eth0:off"; got != want {
+		t.Errorf("16-byte mask: got %q, want %q", got, want)
+	}
+	if got := (*Network)(nil).KernelIPArg(); got != "" {
+		t.Errorf("nil network: %q", got)
+	}
+}

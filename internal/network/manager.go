@@ -1,0 +1,95 @@
+package network
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+)
+
+// ErrUnavailable wraps every reason networking cannot work on this host (not root, a
+// plugin missing, no /dev/net/tun); its text tells the user what to do.
+var ErrUnavailable = errors.New("networking unavailable")
+
+// Config configures a Manager.
+type Config struct {
+	// StateDir holds the conflist, host-local's leases and libcni's cache
+	// (normally <VULCAN_DATA_DIR>/cni). Everything in it belongs to the Manager.
+	StateDir string
+	// BinDir holds the CNI plugins: bridge, host-local and vulcan-cni-tap (`make` builds
+	// them into bin/cni).
+	BinDir string
+	// Subnet is the private IPv4 range guests get addresses from (DefaultSubnet).
+	Subnet string
+	// Bridge names the bridge (DefaultBridge).
+	Bridge string
+	// NetNSPrefix starts the name of every VM namespace under /var/run/netns
+	// (DefaultNetNSPrefix); the startup reclaim removes every namespace with it.
+	NetNSPrefix string
+	// HostNetNS is the path of the namespace the bridge, the NAT and the policy live in;
+	// "" is the namespace the Manager is created in.
+	HostNetNS string
+	// Timeout bounds each CNI call and the teardown of a VM (default 30 s).
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.StateDir == "" {
+		return errors.New("network: no state dir")
+	}
+	if c.BinDir == "" {
+		return errors.New("network: no CNI bin dir")
+	}
+	if c.Subnet == "" {
+		c.Subnet = DefaultSubnet
+	}
+	if c.Bridge == "" {
+		c.Bridge = DefaultBridge
+	}
+	if c.NetNSPrefix == "" {
+		c.NetNSPrefix = DefaultNetNSPrefix
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if err := validIfName(c.Bridge); err != nil {
+		return fmt.Errorf("network: bridge: %w", err)
+	}
+	if !vmIDRe.MatchString(c.NetNSPrefix) {
+		return fmt.Errorf("network: namespace prefix %q: want letters, digits, '-', '_' or '.'", c.NetNSPrefix)
+	}
+	return nil
+}
+
+func validIfName(n string) error {
+	if n == "" || len(n) > 15 || !regexp.MustCompile(`^[A-Za-z0-9_.-]+$`).MatchString(n) {
+		return fmt.Errorf("%q is not a valid interface name", n)
+	}
+	return nil
+}
+
+// vmIDRe is what a VM id may look like: it names a namespace file and keys CNI's cache.
+var vmIDRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+func checkVMID(id string) error {
+	if !vmIDRe.MatchString(id) {
+		return fmt.Errorf("network: VM id %q: want 1-64 letters, digits, '-', '_' or '.'", id)
+	}
+	return nil
+}
+
+// Reclaimed counts what a startup reclaim removed.
+type Reclaimed struct {
+	Attachments int // cached CNI attachments deleted
+	NetNS       int // namespaces removed
+	Veths       int // veths left on the bridge
+	Leases      int // lease files removed after GC
+	Rules       int // per-VM nft rules dropped with the tables
+}
+
+func (r Reclaimed) total() int { return r.Attachments + r.NetNS + r.Veths + r.Leases + r.Rules }

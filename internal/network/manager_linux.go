@@ -1,0 +1,414 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/model"
+)
+
+// NetNSDir is where named network namespaces are bind-mounted (as by `ip netns add`;
+// /var/run/netns is the same directory).
+const NetNSDir = "/run/netns"
+
+// Manager attaches VMs to the network and detaches them.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	files  layout
+	sub    subnetInfo
+	cni    *libcni.CNIConfig
+	list   *libcni.NetworkConfigList
+	policy nft
+}
+
+// New checks the host can give VMs a network, writes the conflist, reclaims what a
+// crashed run left and installs the base policy. Prerequisite failures wrap
+// ErrUnavailable.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := Check(cfg.BinDir); err != nil {
+		return nil, err
+	}
+	sub, err := parseSubnet(cfg.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	m := &Manager{
+		cfg:    cfg,
+		log:    cfg.Logger.With("component", "network"),
+		files:  layout{cfg.StateDir},
+		sub:    sub,
+		policy: nft{netnsPath: cfg.HostNetNS},
+	}
+	for _, d := range []string{m.files.dir, m.files.ipamDir(), m.files.cacheDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("network: %w", err)
+		}
+	}
+	conf := Conflist(cfg.Bridge, sub, m.files.ipamDir())
+	if err := os.WriteFile(m.files.conflist(), conf, 0o640); err != nil {
+		return nil, fmt.Errorf("network: write conflist: %w", err)
+	}
+	if m.list, err = libcni.NetworkConfFromBytes(conf); err != nil {
+		return nil, fmt.Errorf("network: parse conflist: %w", err)
+	}
+	m.cni = libcni.NewCNIConfigWithCacheDir([]string{cfg.BinDir}, m.files.cacheDir(), nil)
+
+	r, err := m.Reclaim(ctx)
+	if err != nil {
+		m.log.Warn("network reclaim incomplete", "err", err)
+	} else if r.total() > 0 {
+		m.log.Info("reclaimed network state left by an earlier run", "attachments", r.Attachments,
+			"netns", r.NetNS, "veths", r.Veths, "leases", r.Leases, "rules", r.Rules)
+	}
+	if err := m.inHost(m.ensureBridge); err != nil {
+		return nil, fmt.Errorf("network: bridge %s: %w", cfg.Bridge, err)
+	}
+	if err := m.policy.reset(baseRules(cfg.Bridge, sub.gateway)); err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	return m, nil
+}
+
+// Check reports whether this host can give VMs a network: root, /dev/net/tun, and the
+// CNI plugins in binDir. The error wraps ErrUnavailable and says how to fix it.
+func Check(binDir string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w: VM networking needs root (namespaces, TAPs, nftables)", ErrUnavailable)
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		return fmt.Errorf("%w: /dev/net/tun: %v (load the tun module: modprobe tun)", ErrUnavailable, err)
+	}
+	var missing []string
+	for _, p := range Plugins {
+		if fi, err := os.Stat(filepath.Join(binDir, p)); err != nil || fi.Mode()&0o111 == 0 {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: CNI plugins %s missing in %s; run `make` (it builds them into bin/cni) or set VULCAN_CNI_BIN_DIR",
+			ErrUnavailable, strings.Join(missing, ", "), binDir)
+	}
+	return nil
+}
+
+// Gateway is the bridge's address, the one a guest with policy host may reach.
+func (m *Manager) Gateway() net.IP { return m.sub.gateway }
+
+// NetNSPath is where the namespace of vmID is mounted.
+func (m *Manager) NetNSPath(vmID string) string {
+	return filepath.Join(NetNSDir, m.cfg.NetNSPrefix+vmID)
+}
+
+// inHost runs fn in the host namespace, on a locked thread: netlink calls and the CNI
+// plugins (child processes inherit the thread's namespace) act there.
+func (m *Manager) inHost(fn func() error) error {
+	if m.cfg.HostNetNS == "" {
+		return fn()
+	}
+	return ns.WithNetNSPath(m.cfg.HostNetNS, func(ns.NetNS) error { return fn() })
+}
+
+func (m *Manager) rt(vmID string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: vmID, NetNS: m.NetNSPath(vmID), IfName: ContainerIfName}
+}
+
+// Attach gives vmID a NIC under policy (host or egress): its namespace, CNI ADD (bridge,
+// host-local, TAP) and its nft rules. Anything a failed Attach acquired is released
+// before it returns. Attach deletes first, so a VM id left over by a failed run is reused
+// cleanly.
+func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy) (_ *vmm.Network, err error) {
+	if err := checkVMID(vmID); err != nil {
+		return nil, err
+	}
+	if policy != model.NetworkHost && policy != model.NetworkEgress {
+		return nil, fmt.Errorf("network: policy %q gets no NIC", policy)
+	}
+	start := time.Now()
+	var undo []func(context.Context) error
+	defer func() {
+		if err != nil {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
+			defer cancel()
+			for i := len(undo) - 1; i >= 0; i-- {
+				if uerr := undo[i](uctx); uerr != nil {
+					m.log.Warn("network attach undo", "vm", vmID, "err", uerr)
+				}
+			}
+		}
+	}()
+	// Delete before create.
+	if err := m.Detach(ctx, vmID); err != nil {
+		return nil, fmt.Errorf("network: clear leftovers of %s: %w", vmID, err)
+	}
+
+	path := m.NetNSPath(vmID)
+	if err := createNetNS(path); err != nil {
+		return nil, fmt.Errorf("network: create namespace: %w", err)
+	}
+	undo = append(undo, func(context.Context) error { return removeNetNS(path) })
+
+	actx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	defer cancel()
+	var res *current.Result
+	err = m.inHost(func() error {
+		r, err := m.cni.AddNetworkList(actx, m.list, m.rt(vmID))
+		if err != nil {
+			return err
+		}
+		res, err = current.NewResultFromResult(r)
+		return err
+	})
+	// The DEL is registered even when ADD failed: a plugin may have acquired something
+	// (a lease, a veth) before the one after it failed.
+	undo = append(undo, func(ctx context.Context) error { return m.cniDel(ctx, vmID) })
+	if err != nil {
+		return nil, fmt.Errorf("network: CNI ADD: %w", err)
+	}
+	added := time.Since(start)
+
+	a, err := parseResult(res, vmID, path, m.cfg.Bridge)
+	if err != nil {
+		return nil, fmt.Errorf("network: CNI result: %w", err)
+	}
+	if err := m.policy.addVM(vmRules(vmID, policy, m.cfg.Bridge, a.hostVeth, a.guest.IP)); err != nil {
+		return nil, fmt.Errorf("network: policy: %w", err)
+	}
+	undo = append(undo, func(context.Context) error { return m.policy.removeVM(vmID) })
+
+	m.log.Debug("network attached", "vm", vmID, "policy", policy, "ip", a.guest, "cni_add", added, "total", time.Since(start))
+	return &vmm.Network{NetNS: path, TAP: a.tap, MAC: a.mac, GuestIP: a.guest, Gateway: a.gateway}, nil
+}
+
+// Detach releases everything Attach acquired for vmID: its nft rules, CNI DEL (TAP, veth,
+// lease) and its namespace. What is already gone is success, so it can run any number of
+// times, and it ignores ctx's cancellation (it gets its own deadline).
+func (m *Manager) Detach(ctx context.Context, vmID string) error {
+	if err := checkVMID(vmID); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
+	defer cancel()
+	var errs []error
+	if err := m.policy.removeVM(vmID); err != nil {
+		errs = append(errs, fmt.Errorf("policy: %w", err))
+	}
+	if err := m.cniDel(ctx, vmID); err != nil {
+		errs = append(errs, fmt.Errorf("CNI DEL: %w", err))
+	}
+	if err := removeNetNS(m.NetNSPath(vmID)); err != nil {
+		errs = append(errs, fmt.Errorf("namespace: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("network: detach %s: %w", vmID, err)
+	}
+	return nil
+}
+
+// cniDel runs CNI DEL for vmID. libcni uses the cached result when there is one; without
+// a namespace the plugins still release what they hold outside it (the lease).
+func (m *Manager) cniDel(ctx context.Context, vmID string) error {
+	rt := m.rt(vmID)
+	if _, err := os.Stat(rt.NetNS); err != nil {
+		rt.NetNS = ""
+	}
+	return m.inHost(func() error { return m.cni.DelNetworkList(ctx, m.list, rt) })
+}
+
+// Reclaim removes what a crashed run left: cached attachments (CNI DEL through GC, which
+// also collects host-local's leases), namespaces with the prefix, veths still on the
+// bridge, lease files GC missed and per-VM nft rules (the tables are rebuilt by New).
+// It must only run when no VM of this Manager's is attached.
+func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
+	defer cancel()
+	var r Reclaimed
+	var errs []error
+	if att, err := m.cni.GetCachedAttachments(""); err == nil {
+		for _, a := range att {
+			if a.Network == NetworkName {
+				r.Attachments++
+			}
+		}
+	}
+	if err := m.inHost(func() error { return m.cni.GCNetworkList(ctx, m.list, &libcni.GCArgs{}) }); err != nil {
+		errs = append(errs, fmt.Errorf("CNI GC: %w", err))
+	}
+	entries, _ := os.ReadDir(NetNSDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), m.cfg.NetNSPrefix) {
+			if err := removeNetNS(filepath.Join(NetNSDir, e.Name())); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			r.NetNS++
+		}
+	}
+	if err := m.inHost(func() error {
+		n, err := m.deleteBridgePorts()
+		r.Veths = n
+		return err
+	}); err != nil {
+		errs = append(errs, fmt.Errorf("veths: %w", err))
+	}
+	leases, _ := os.ReadDir(m.files.leaseDir())
+	for _, e := range leases {
+		if net.ParseIP(e.Name()) != nil {
+			if err := os.Remove(filepath.Join(m.files.leaseDir(), e.Name())); err == nil {
+				r.Leases++
+			}
+		}
+	}
+	if rs, err := m.policy.rulesOf(""); err == nil {
+		r.Rules = len(rs)
+	}
+	if err := m.policy.drop(); err != nil {
+		errs = append(errs, fmt.Errorf("nft: %w", err))
+	}
+	return r, errors.Join(errs...)
+}
+
+// Close removes the bridge and the nft tables. VMs still attached lose their network;
+// detach them first.
+func (m *Manager) Close(ctx context.Context) error {
+	var errs []error
+	if err := m.policy.drop(); err != nil {
+		errs = append(errs, fmt.Errorf("nft: %w", err))
+	}
+	if err := m.inHost(func() error {
+		l, err := netlink.LinkByName(m.cfg.Bridge)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				return nil
+			}
+			return err
+		}
+		return netlink.LinkDel(l)
+	}); err != nil {
+		errs = append(errs, fmt.Errorf("bridge: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// ensureBridge creates the bridge with the gateway address, so that the address exists
+// (and host services can bind it) before the first VM; the bridge plugin adopts it.
+func (m *Manager) ensureBridge() error {
+	l, err := netlink.LinkByName(m.cfg.Bridge)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return err
+		}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: m.cfg.Bridge}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return err
+		}
+		if l, err = netlink.LinkByName(m.cfg.Bridge); err != nil {
+			return err
+		}
+	}
+	if _, ok := l.(*netlink.Bridge); !ok {
+		return fmt.Errorf("%s exists and is a %s, not a bridge", m.cfg.Bridge, l.Type())
+	}
+	ones, _ := m.sub.net.Mask.Size()
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: m.sub.gateway, Mask: net.CIDRMask(ones, 32)}}
+	if err := netlink.AddrReplace(l, addr); err != nil {
+		return fmt.Errorf("address %s: %w", addr.IPNet, err)
+	}
+	return netlink.LinkSetUp(l)
+}
+
+// deleteBridgePorts deletes every veth enslaved to the bridge.
+func (m *Manager) deleteBridgePorts() (int, error) {
+	br, err := netlink.LinkByName(m.cfg.Bridge)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index && l.Type() == "veth" {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// createNetNS makes a new network namespace bind-mounted at path (like `ip netns add`),
+// with lo up. It unshares on a throwaway locked thread so no goroutine ever runs in the
+// wrong namespace: if the thread cannot be restored it dies with its goroutine.
+func createNetNS(path string) error {
+	if filepath.Dir(path) != NetNSDir {
+		return fmt.Errorf("namespace %s is not under %s", path, NetNSDir)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		h, err := netns.NewNamed(filepath.Base(path))
+		if err == nil {
+			if l, lerr := netlink.LinkByName("lo"); lerr == nil {
+				_ = netlink.LinkSetUp(l)
+			}
+			h.Close()
+		}
+		if serr := netns.Set(orig); serr != nil {
+			// Leave the thread locked: the runtime ends it with this goroutine.
+			errc <- errors.Join(err, fmt.Errorf("restore namespace: %w", serr))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
+
+// removeNetNS unmounts and removes a namespace mount; a missing one is success, and so
+// is a file that was never mounted (a crash between creating and mounting it).
+func removeNetNS(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,33 @@
+//go:build !linux
+
+package network
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/model"
+)
+
+// Manager attaches VMs to the network; only Linux has one.
+type Manager struct{}
+
+// New fails: VM networking needs Linux.
+func New(ctx context.Context, cfg Config) (*Manager, error) { return nil, Check(cfg.BinDir) }
+
+// Check fails: VM networking needs Linux.
+func Check(binDir string) error { return fmt.Errorf("%w: VM networking needs Linux", ErrUnavailable) }
+
+func (m *Manager) Gateway() net.IP { return nil }
+
+func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy) (*vmm.Network, error) {
+	return nil, Check("")
+}
+
+func (m *Manager) Detach(ctx context.Context, vmID string) error { return nil }
+
+func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) { return Reclaimed{}, nil }
+
+func (m *Manager) Close(ctx context.Context) error { return nil }

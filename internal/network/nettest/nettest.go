@@ -1,0 +1,203 @@
+//go:build linux
+
+// Package nettest builds what networking tests need: a private "host" network namespace
+// (every test's bridge, NAT and servers live there, never in the machine's own
+// namespace), peer namespaces reached through it, and the CNI plugins.
+package nettest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/vulcanhq/vulcan/internal/testenv"
+)
+
+// Suffix is a random name fragment, so parallel test binaries never share names.
+func Suffix() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// NewNS creates a named network namespace with lo up and removes it when the test ends.
+func NewNS(t testing.TB, name string) string {
+	t.Helper()
+	path := filepath.Join("/run/netns", name)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		h, err := netns.NewNamed(name)
+		if err == nil {
+			h.Close()
+			if l, lerr := netlink.LinkByName("lo"); lerr == nil {
+				err = netlink.LinkSetUp(l)
+			}
+		}
+		if serr := netns.Set(orig); serr != nil {
+			errc <- errors.Join(err, serr) // the locked thread dies with this goroutine
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("create netns %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = unix.Unmount(path, unix.MNT_DETACH)
+		_ = os.Remove(path)
+	})
+	return path
+}
+
+// HostNS is a fresh "host" namespace for one test.
+func HostNS(t testing.TB) string {
+	t.Helper()
+	testenv.RequiresRoot(t)
+	return NewNS(t, "vt-host-"+Suffix())
+}
+
+// Do runs fn inside the namespace at path.
+func Do(t testing.TB, path string, fn func() error) {
+	t.Helper()
+	if err := ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Peer makes a namespace joined to host by a veth pair: hostAddr on the host side,
+// peerAddr in the peer (both CIDRs inside a private range the test chose). It returns the
+// peer namespace's path.
+func Peer(t testing.TB, host, hostAddr, peerAddr string) string {
+	t.Helper()
+	peer := NewNS(t, "vt-peer-"+Suffix())
+	hostEnd, peerEnd := "vpeer"+Suffix(), "eth0"
+	Do(t, host, func() error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostEnd}, PeerName: "vtmp" + Suffix()}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		p, err := netlink.LinkByName(veth.PeerName)
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(peer)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := netlink.LinkSetNsFd(p, int(f.Fd())); err != nil {
+			return err
+		}
+		if err := configure(hostEnd, hostAddr); err != nil {
+			return err
+		}
+		return ns.WithNetNSPath(peer, func(ns.NetNS) error {
+			l, err := netlink.LinkByName(veth.PeerName)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetName(l, peerEnd); err != nil {
+				return err
+			}
+			return configure(peerEnd, peerAddr)
+		})
+	})
+	return peer
+}
+
+func configure(name, cidr string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	a, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(l, a); err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(l)
+}
+
+// Listen opens a TCP listener inside the namespace at path (a socket keeps the namespace
+// it was created in).
+func Listen(t testing.TB, path, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	Do(t, path, func() (err error) {
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+var (
+	pluginsOnce sync.Once
+	pluginsDir  string
+	pluginsErr  error
+)
+
+// PluginDir returns a directory with the CNI plugins: `make`'s bin/cni when
+// VULCAN_BIN_DIR points at a complete one, else freshly built ones (the Go build cache
+// makes that quick after the first time).
+func PluginDir(t testing.TB) string {
+	t.Helper()
+	names := []string{"bridge", "host-local", "vulcan-cni-tap"}
+	if bin := testenv.BinDir(); bin != "" {
+		dir := filepath.Join(bin, "cni")
+		ok := true
+		for _, n := range names {
+			if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+				ok = false
+			}
+		}
+		if ok {
+			return dir
+		}
+	}
+	pluginsOnce.Do(func() {
+		pluginsDir, pluginsErr = os.MkdirTemp("", "vulcan-cni-")
+		if pluginsErr != nil {
+			return
+		}
+		for pkg, name := range map[string]string{
+			"github.com/vulcanhq/vulcan/cmd/vulcan-cni-tap":                  "vulcan-cni-tap",
+			"github.com/containernetworking/plugins/plugins/main/bridge":     "bridge",
+			"github.com/containernetworking/plugins/plugins/ipam/host-local": "host-local",
+		} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(pluginsDir, name), pkg).CombinedOutput()
+			if err != nil {
+				pluginsErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if pluginsErr != nil {
+		t.Fatal(pluginsErr)
+	}
+	return pluginsDir
+}

@@ -1,0 +1,181 @@
+package network
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/vulcanhq/vulcan/internal/model"
+)
+
+func TestConflistPinned(t *testing.T) {
+	sub, err := parseSubnet("10.213.0.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{
+  "cniVersion": "1.1.0",
+  "name": "vulcan",
+  "plugins": [
+    {
+      "bridge": "vulcan0",
+      "hairpinMode": false,
+      "ipMasq": false,
+      "ipam": {
+        "dataDir": "/var/lib/vulcan/cni/ipam",
+        "ranges": [
+          [
+            {
+              "gateway": "10.213.0.1",
+              "subnet": "10.213.0.0/24"
+            }
+          ]
+        ],
+        "type": "host-local"
+      },
+      "isGateway": true,
+      "type": "bridge"
+    },
+    {
+      "tapName": "tap0",
+      "type": "vulcan-cni-tap"
+    }
+  ]
+}`
+	if got := string(Conflist("vulcan0", sub, "/var/lib/vulcan/cni/ipam")); got != want {
+		t.Errorf("conflist:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestParseSubnet(t *testing.T) {
+	for _, tc := range []struct{ in, gw, err string }{
+		{"10.213.0.0/24", "10.213.0.1", ""},
+		{"10.213.0.0/16", "10.213.0.1", ""},
+		{"192.168.50.0/29", "192.168.50.1", ""},
+		{"10.213.0.1/24", "", "host bits"},
+		{"10.213.0.0/30", "", "too small"},
+		{"8.8.8.0/24", "", "not a private range"},
+		{"fd00::/64", "", "only IPv4"},
+		{"nonsense", "", "invalid CIDR"},
+	} {
+		s, err := parseSubnet(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || s.gateway.String() != tc.gw {
+			t.Errorf("%s: gateway %v err %v, want %s", tc.in, s.gateway, err, tc.gw)
+		}
+	}
+}
+
+func TestRulesPinned(t *testing.T) {
+	render := func(rs []rule) string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.String())
+		}
+		return strings.Join(out, "\n")
+	}
+	if got, want := render(baseRules("vulcan0", net.ParseIP("10.213.0.1"))), strings.Join([]string{
+		`inet input: iifname "vulcan0" ip daddr 10.213.0.1 accept`,
+		`inet input: iifname "vulcan0" drop`,
+		`inet forward: oifname "vulcan0" ct state established,related accept`,
+		`inet forward: oifname "vulcan0" drop`,
+		`inet forward: iifname "vulcan0" drop`,
+	}, "\n"); got != want {
+		t.Errorf("base rules:\n%s\nwant:\n%s", got, want)
+	}
+	host := []string{
+		`bridge prerouting: iifname "veth1234" meta protocol ip ip saddr != 10.213.0.5 drop comment "vulcan:vm=wl1"`,
+		`bridge forward: iifname "veth1234" drop comment "vulcan:vm=wl1"`,
+	}
+	if got := render(vmRules("wl1", model.NetworkHost, "vulcan0", "veth1234", net.ParseIP("10.213.0.5"))); got != strings.Join(host, "\n") {
+		t.Errorf("host policy:\n%s", got)
+	}
+	egress := append(host,
+		`inet forward: iifname "vulcan0" ip saddr 10.213.0.5 accept comment "vulcan:vm=wl1"`,
+		`inet postrouting: ip saddr 10.213.0.5 oifname != "vulcan0" masquerade comment "vulcan:vm=wl1"`,
+	)
+	rs := vmRules("wl1", model.NetworkEgress, "vulcan0", "veth1234", net.ParseIP("10.213.0.5"))
+	if got := render(rs); got != strings.Join(egress, "\n") {
+		t.Errorf("egress policy:\n%s", got)
+	}
+	// The forward accept must precede the base drops of its chain.
+	if !rs[2].head {
+		t.Error("egress forward rule is not inserted at the chain's head")
+	}
+}
+
+func result(t *testing.T, js string) *current.Result {
+	t.Helper()
+	r, err := current.NewResult([]byte(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.(*current.Result)
+}
+
+// shaped is a result as vulcan-cni-tap returns it after bridge.
+const shaped = `{"cniVersion":"1.1.0",
+ "interfaces":[
+  {"name":"vulcan0","mac":"aa:aa:aa:aa:aa:aa"},
+  {"name":"veth0a1b2c3d","mac":"bb:bb:bb:bb:bb:bb"},
+  {"name":"eth0","mac":"02:00:00:00:00:05","sandbox":"/run/netns/vulcan-wl1"},
+  {"name":"tap0","mac":"cc:cc:cc:cc:cc:cc","sandbox":"/run/netns/vulcan-wl1"},
+  {"name":"tap0","mac":"02:00:00:00:00:05","sandbox":"wl1"}],
+ "ips":[{"interface":4,"address":"10.213.0.5/24","gateway":"10.213.0.1"}]}`
+
+func TestParseResult(t *testing.T) {
+	a, err := parseResult(result(t, shaped), "wl1", "/run/netns/vulcan-wl1", "vulcan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.tap != "tap0" || a.mac != "02:00:00:00:00:05" || a.hostVeth != "veth0a1b2c3d" ||
+		a.guest.String() != "10.213.0.5/24" || a.gateway.String() != "10.213.0.1" {
+		t.Errorf("%+v", a)
+	}
+	for name, js := range map[string]string{
+		"no VM interface (bridge alone)": strings.Replace(shaped, `"sandbox":"wl1"`, `"sandbox":"other"`, 1),
+		"IP still on the veth":           strings.Replace(shaped, `"interface":4`, `"interface":2`, 1),
+		"no TAP in the namespace":        strings.Replace(shaped, `"name":"tap0","mac":"cc`, `"name":"tap9","mac":"cc`, 1),
+		"no gateway":                     strings.Replace(shaped, `,"gateway":"10.213.0.1"`, ``, 1),
+	} {
+		if _, err := parseResult(result(t, js), "wl1", "/run/netns/vulcan-wl1", "vulcan0"); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+}
+
+func TestCheckNamesWhatIsMissing(t *testing.T) {
+	err := Check(t.TempDir())
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err %v, want ErrUnavailable", err)
+	}
+	if !strings.Contains(err.Error(), "root") && !strings.Contains(err.Error(), "bridge, host-local, vulcan-cni-tap") {
+		t.Errorf("reason does not say what is missing: %v", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for name, c := range map[string]Config{
+		"no state dir":  {BinDir: "/x"},
+		"no bin dir":    {StateDir: "/x"},
+		"bad bridge":    {StateDir: "/x", BinDir: "/x", Bridge: "a-very-long-bridge-name"},
+		"bad ns prefix": {StateDir: "/x", BinDir: "/x", NetNSPrefix: "../x"},
+	} {
+		if err := c.defaults(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	for _, id := range []string{"", "../etc", "a b", strings.Repeat("x", 65)} {
+		if checkVMID(id) == nil {
+			t.Errorf("VM id %q accepted", id)
+		}
+	}
+}

@@ -90,6 +90,9 @@ func TestDashboardInBrowser(t *testing.T) {
 		if !strings.Contains(stdout, "out: VULCAN IN A BROWSER") || !strings.Contains(stdout, "env: hello") || !strings.Contains(stderr, "to stderr") {
 			t.Errorf("output: stdout %q stderr %q", stdout, stderr)
 		}
+		if b.visible(t, "#kill") {
+			t.Error("Kill button shown on a finished workload")
+		}
 		if got := b.eval(t, `document.querySelector('#facts [data-k=exit]').textContent`); got != "0" {
 			t.Errorf("exit code shown: %q", got)
 		}
@@ -149,13 +152,13 @@ func TestDashboardInBrowser(t *testing.T) {
 		// A line that arrives while the workload runs can only have come over the stream.
 		b.poll(t, `document.querySelector('#status')?.dataset.status === 'running' &&
 			[...document.querySelectorAll('#log li[data-stream=stdout] .text')].some(e => e.textContent === 'started')`)
-		if b.eval(t, `String(document.querySelector('#kill').hidden)`) != "false" {
+		if !b.visible(t, "#kill") {
 			t.Fatal("no Kill button on a running workload")
 		}
 		b.shot(t, "workload-running")
 		b.do(t, chromedp.Click(chromedp.CSS(`#kill`)))
 		id := b.waitDetail(t, "killed")
-		if b.eval(t, `String(document.querySelector('#kill').hidden)`) != "true" {
+		if b.visible(t, "#kill") {
 			t.Error("Kill button still shown on a killed workload")
 		}
 		var wl struct{ Status string }
@@ -178,7 +181,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		// Client-side: no code, a bad env name.
 		b.do(t, empty(`#code`), chromedp.SetValue(chromedp.CSS(`#env-name-1`), "1BAD"),
 			chromedp.Click(chromedp.CSS(`#submit`)))
-		b.poll(t, `!document.querySelector('#code-error').hidden && !document.querySelector('#env-name-1-error').hidden`)
+		b.poll(t, `document.querySelector('#code-error').checkVisibility() && document.querySelector('#env-name-1-error').checkVisibility()`)
 		if got := b.eval(t, `document.querySelector('#code-error').textContent`); !strings.Contains(got, "Write some code") {
 			t.Errorf("code error: %q", got)
 		}
@@ -189,11 +192,11 @@ func TestDashboardInBrowser(t *testing.T) {
 		// Server-side: the form lets 64 MiB through, the server refuses it and names the field.
 		b.do(t, chromedp.SetValue(chromedp.CSS(`#code`), "print(1)"), chromedp.SetValue(chromedp.CSS(`#env-name-1`), "GOOD"),
 			chromedp.SetValue(chromedp.CSS(`#mem`), "64"), chromedp.Click(chromedp.CSS(`#submit`)))
-		b.poll(t, `!document.querySelector('#mem-error').hidden`)
+		b.poll(t, `document.querySelector('#mem-error').checkVisibility()`)
 		if got := b.eval(t, `document.querySelector('#mem-error').textContent`); !strings.Contains(got, "mem_mb must be between") {
 			t.Errorf("memory error: %q", got)
 		}
-		if b.eval(t, `String(document.querySelector('#code-error').hidden)`) != "true" || b.eval(t, `document.querySelector('#mem').getAttribute('aria-invalid')`) != "true" {
+		if b.visible(t, "#code-error") || b.eval(t, `document.querySelector('#mem').getAttribute('aria-invalid')`) != "true" {
 			t.Error("stale client error, or the memory field not marked invalid")
 		}
 		if got := b.eval(t, `location.pathname`); got != "/workloads/new" {
@@ -357,6 +360,14 @@ func (b *browser) evalInto(t *testing.T, expr string, v any) {
 	if err != nil {
 		b.fail(t, fmt.Errorf("evaluating %s: %w", expr, err))
 	}
+}
+
+// visible reports whether an element is rendered: the hidden attribute alone proves
+// nothing when a stylesheet overrides it.
+func (b *browser) visible(t *testing.T, sel string) bool {
+	t.Helper()
+	q, _ := json.Marshal(sel)
+	return b.eval(t, `String(!!document.querySelector(`+string(q)+`)?.checkVisibility())`) == "true"
 }
 
 // waitDetail waits on a workload's page for a final status and returns the id.

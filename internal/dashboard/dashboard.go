@@ -75,6 +75,15 @@ func New() *Handler {
 	return h
 }
 
+// Static is the embedded tree, rooted at the page (index.html, assets/...).
+func Static() fs.FS {
+	sub, err := fs.Sub(static, "static")
+	if err != nil {
+		panic(err) // "static" is a valid path by construction
+	}
+	return sub
+}
+
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {

@@ -32,7 +32,7 @@ function route(moved) {
   const path = location.pathname;
   const match = routes.map((r) => ({ r, m: path.match(r.re) })).find((x) => x.m);
   for (const a of document.querySelectorAll("[data-nav]")) {
-    if (match && a.dataset.nav === match.r.nav && !(match.r.page === detail)) a.setAttribute("aria-current", "page");
+    if (match && a.dataset.nav === match.r.nav) a.setAttribute("aria-current", match.r.page === detail ? "true" : "page");
     else a.removeAttribute("aria-current");
   }
   if (!match) {

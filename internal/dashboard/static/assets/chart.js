@@ -11,13 +11,14 @@ function s(tag, attrs, ...children) {
   return el;
 }
 
-// niceMax rounds a maximum up to 1, 2 or 5 times a power of ten, so gridlines land on
-// round numbers.
-function niceMax(v) {
-  if (v <= 0) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
-  return 10 * p;
+// axisMax picks the top of the y axis so that its four gridlines land on round
+// numbers — whole ones when the data are counts.
+function axisMax(v, integer) {
+  const raw = Math.max(v, integer ? 1 : 1e-9) / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = [1, 2, 2.5, 5, 10].map((m) => m * p).find((x) => x >= raw);
+  if (integer) step = Math.max(1, Math.ceil(step));
+  return step * 4;
 }
 
 const PAD = { top: 12, right: 12, bottom: 40, left: 44 };
@@ -37,8 +38,8 @@ function frame(width, height, label, yMax, yFmt) {
 const intFmt = (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1));
 
 // bars: [{label, value, title}] drawn as vertical bars.
-export function barChart(bars, { width = 560, height = 240, label, cls = "c1", yFmt = intFmt } = {}) {
-  const max = niceMax(Math.max(0, ...bars.map((b) => b.value)));
+export function barChart(bars, { width = 560, height = 240, label, cls = "c1", yFmt = intFmt, integer = true, xTitle } = {}) {
+  const max = axisMax(Math.max(0, ...bars.map((b) => b.value)), integer);
   const { svg, plotW, plotH } = frame(width, height, label, max, yFmt);
   const slot = plotW / Math.max(1, bars.length), bw = Math.max(2, slot * 0.7);
   bars.forEach((b, i) => {
@@ -49,13 +50,14 @@ export function barChart(bars, { width = 560, height = 240, label, cls = "c1", y
     if (b.value > 0) svg.append(s("text", { x: x + bw / 2, y: y - 3, class: "val", "text-anchor": "middle" }, yFmt(b.value)));
     svg.append(s("text", { x: x + bw / 2, y: PAD.top + plotH + 16, class: "tick", "text-anchor": "middle" }, b.label));
   });
+  if (xTitle) svg.append(s("text", { x: PAD.left + plotW / 2, y: height - 6, class: "tick", "text-anchor": "middle" }, xTitle));
   return svg;
 }
 
 // stacked: [{label, parts: {key: n}}] with keys drawn bottom-up in the given order.
 export function stackedChart(columns, keys, { width = 560, height = 240, label } = {}) {
   const totals = columns.map((c) => keys.reduce((a, k) => a + (c.parts[k] || 0), 0));
-  const max = niceMax(Math.max(0, ...totals));
+  const max = axisMax(Math.max(0, ...totals), true);
   const { svg, plotW, plotH } = frame(width, height, label, max, intFmt);
   const slot = plotW / Math.max(1, columns.length), bw = Math.max(2, slot * 0.7);
   const every = Math.ceil(columns.length / 8);
@@ -79,7 +81,7 @@ export function stackedChart(columns, keys, { width = 560, height = 240, label }
 // lineChart: series [{name, cls, points: [{t (ms), v}]}] over a shared time axis.
 export function lineChart(series, { width = 560, height = 240, label } = {}) {
   const all = series.flatMap((x) => x.points);
-  const max = niceMax(Math.max(1, ...all.map((p) => p.v)));
+  const max = axisMax(Math.max(1, ...all.map((p) => p.v)), true);
   const { svg, plotW, plotH } = frame(width, height, label, max, intFmt);
   const t0 = Math.min(...all.map((p) => p.t)), t1 = Math.max(...all.map((p) => p.t));
   const span = Math.max(1, t1 - t0);

@@ -23,7 +23,7 @@ export function render(main) {
   replace(main, h("h1", {}, "Metrics"), problem, tiles,
     h("div", { class: "grid two" },
       fig("boot-h", "microVM boot time", boot, "From VMM start to the guest agent's hello (vulcan_microvm_boot_seconds)."),
-      fig("active-h", "Active microVMs", active, "Sampled every 3 s while this page is open."),
+      fig("active-h", "Active microVMs", active, "Up to 15 minutes back: running workloads from their run times, and vulcan_microvm_active_vms as sampled every 3 s."),
       fig("outcome-h", "Workloads by outcome over time", outcomes, "The newest 500 workloads, by when they finished."),
       fig("duration-h", "Run time", durations, "Over every workload that started and finished.")));
 
@@ -42,7 +42,7 @@ export function render(main) {
       replace(problem);
       drawTiles(m, stats);
       drawBoot(m);
-      drawActive();
+      drawActive(list.workloads);
       drawOutcomes(list.workloads);
       drawDurations(stats);
     } catch (err) {
@@ -70,24 +70,44 @@ export function render(main) {
       replace(boot, h("p", { class: "empty" }, "No microVM has booted since the server started."));
       return;
     }
-    const fmt = (v) => (v === Infinity ? "∞" : v < 1 ? v * 1000 + "ms" : v + "s");
+    const fmt = (v) => String(v) + " s";
     const bars = buckets.map((b) => ({
-      label: b.hi === Infinity ? ">" + fmt(b.lo) : "≤" + fmt(b.hi), value: b.count,
+      label: b.hi === Infinity ? ">" + b.lo : String(b.hi), value: b.count,
       title: `${b.count} boot${b.count === 1 ? "" : "s"} took ${b.hi === Infinity ? "more than " + fmt(b.lo) : fmt(b.lo) + "–" + fmt(b.hi)}`,
     }));
     const words = bars.filter((b) => b.value).map((b) => b.title).join("; ");
-    replace(boot, barChart(bars, { label: `Boot time distribution over ${total} boots: ${words}.`, cls: "c1" }));
+    replace(boot, barChart(bars, { label: `Boot time distribution over ${total} boots: ${words}.`, cls: "c1", xTitle: "seconds, up to (histogram bucket)" }));
   }
 
-  function drawActive() {
+  // History comes from the list (each workload ran from started_at to finished_at); the
+  // gauge only from samples taken while this page is open.
+  function drawActive(ws) {
+    // The window fits the data: from two minutes (a fresh server) up to fifteen.
+    const now = Date.now();
+    const starts = ws.filter((w) => w.started_at).map((w) => Date.parse(w.started_at));
+    const from = now - Math.min(15 * 60000, Math.max(2 * 60000, now - Math.min(now, ...starts)));
+    const edges = [];
+    for (const w of ws) {
+      if (!w.started_at) continue;
+      const a = Date.parse(w.started_at), b = w.finished_at ? Date.parse(w.finished_at) : now;
+      if (b < from) continue;
+      edges.push([Math.max(a, from), 1], [b, -1]);
+    }
+    edges.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+    let n = 0;
+    const running = [{ t: from, v: 0 }];
+    for (const [t, d] of edges) {
+      n += d;
+      if (t <= now) running.push({ t, v: n });
+    }
+    running.push({ t: now, v: n });
+    const vms = samples.filter((x) => x.t >= from).map((x) => ({ t: x.t, v: x.vms }));
     const last = samples[samples.length - 1];
-    const series = [
-      { name: "active microVMs", cls: "c1", points: samples.map((x) => ({ t: x.t, v: x.vms })) },
-      { name: "queued workloads", cls: "c3", points: samples.map((x) => ({ t: x.t, v: x.queued })) },
-    ];
+    const peak = Math.max(...running.map((p) => p.v));
     replace(active,
-      lineChart(series, { label: `Active microVMs over the last ${samples.length} samples; now ${last.vms}, with ${last.queued} queued.` }),
-      legend([["c1", "active microVMs"], ["c3", "queued workloads"]]));
+      lineChart([{ cls: "c2", points: running }, { cls: "c1", points: vms }],
+        { label: `Running workloads over the last ${Math.round((now - from) / 60000)} minutes, peaking at ${peak}; ${last.vms} microVMs active now.` }),
+      legend([["c2", "running workloads (from their start and finish times)"], ["c1", "active microVMs (gauge, sampled here)"]]));
   }
 
   function drawOutcomes(ws) {
@@ -131,7 +151,7 @@ export function render(main) {
     ];
     replace(durations, barChart(bars, {
       label: `Run time over ${d.count} workloads: mean ${ms(d.avg_ms)}, median ${ms(d.p50_ms)}, p95 ${ms(d.p95_ms)}, max ${ms(d.max_ms)}.`,
-      cls: "c2", yFmt: (v) => v.toFixed(v < 10 ? 1 : 0) + "s",
+      cls: "c2", integer: false, yFmt: (v) => (v < 10 ? v.toFixed(1) : v.toFixed(0)) + " s",
     }), h("p", { class: "muted" }, `${d.count} workload${d.count === 1 ? "" : "s"}; by status: ` +
       Object.entries(stats.by_status || {}).map(([k, v]) => `${v} ${k}`).join(", ")));
   }

@@ -114,10 +114,10 @@ export function render(main, { params }) {
       replace(output, h("p", { class: "muted" }, "The captured stdout and stderr appear here when the workload ends; the log above is live."));
       return;
     }
-    replace(output,
-      h("h3", {}, "stdout"), h("pre", { class: "out", id: "stdout", tabindex: "0" }, w.stdout || ""),
-      h("h3", {}, "stderr"), h("pre", { class: "out err", id: "stderr", tabindex: "0" }, w.stderr || ""),
-      !w.stdout && !w.stderr ? h("p", { class: "muted" }, "The program printed nothing.") : null);
+    const block = (name, text, cls) => [h("h3", {}, name), text
+      ? h("pre", { class: cls, id: name, tabindex: "0" }, text)
+      : h("p", { class: "none", id: name }, "nothing on " + name)];
+    replace(output, block("stdout", w.stdout, "out"), block("stderr", w.stderr, "out err"));
   }
 
   function addLine(l) {

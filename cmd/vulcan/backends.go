@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,25 +12,60 @@ import (
 	"github.com/vulcanhq/vulcan/internal/config"
 	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/microvm"
+	"github.com/vulcanhq/vulcan/internal/network"
 )
 
 // registerBackends is the one place backends are wired into the server. It registers each
 // backend this build can offer (or records with reg.Missing why it cannot) and returns a
 // cleanup that serve runs after the engine has shut down. It must never register a fake.
 func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Registry, metrics prometheus.Registerer, log *slog.Logger) (cleanup func(), err error) {
-	b, err := microvm.New(microvm.Config{
+	mcfg := microvm.Config{
 		ImagesDir: cfg.ImagesDir,
 		StateDir:  vmStateDir(cfg),
 		Logger:    log,
 		Metrics:   metrics,
-	}, microvm.ResolveDriver(driverOptions(cfg)))
+	}
+	// Without networking VMs still run; workloads asking for a network get the reason.
+	nm, nerr := network.New(ctx, network.Config{
+		StateDir: filepath.Join(cfg.DataDir, "cni"),
+		BinDir:   cniBinDir(cfg),
+		Subnet:   cfg.NetworkSubnet,
+		Logger:   log,
+	})
+	if nerr != nil {
+		log.Warn("VM networking unavailable: workloads with network host or egress will fail", "err", nerr)
+		mcfg.NetworkUnavailable = nerr
+	} else {
+		mcfg.Networker = nm
+	}
+	cleanup = func() {
+		if nm != nil {
+			if err := nm.Close(context.Background()); err != nil {
+				log.Warn("network shutdown", "err", err)
+			}
+		}
+	}
+	b, err := microvm.New(mcfg, microvm.ResolveDriver(driverOptions(cfg)))
 	if err != nil {
 		// The server still serves (history, logs, the reason) without a VM backend.
 		reg.Missing("microvm", err.Error())
-		return func() {}, nil
+		return cleanup, nil
 	}
 	reg.Register(b)
-	return func() {}, nil
+	return cleanup, nil
+}
+
+// cniBinDir is where the CNI plugins are: VULCAN_CNI_BIN_DIR, else cni/ next to the
+// vulcan binary (where `make` puts them).
+func cniBinDir(cfg *config.Config) string {
+	if cfg.CNIBinDir != "" {
+		return cfg.CNIBinDir
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "cni"
+	}
+	return filepath.Join(filepath.Dir(exe), "cni")
 }
 
 // vmStateDir is where per-VM state lives; the startup reclaim owns everything in it.

@@ -31,6 +31,8 @@ type Config struct {
 	FirecrackerBin  string        // VULCAN_FIRECRACKER_BIN
 	QEMUBin         string        // VULCAN_QEMU_BIN
 	QEMUAccel       string        // VULCAN_QEMU_ACCEL: auto | kvm | tcg
+	NetworkSubnet   string        // VULCAN_NETWORK_SUBNET: private IPv4 range for guests (one /24 of 10.213.0.0/16 per host)
+	CNIBinDir       string        // VULCAN_CNI_BIN_DIR: CNI plugins (default: cni/ next to the vulcan binary)
 	LogLevel        slog.Level    // VULCAN_LOG_LEVEL: debug | info | warn | error
 	ShutdownTimeout time.Duration // VULCAN_SHUTDOWN_TIMEOUT: how long SIGTERM waits for running workloads
 	Server          string        // VULCAN_SERVER: the API the CLI talks to
@@ -93,6 +95,15 @@ var settings = []setting{
 		}
 		return fmt.Errorf("must be auto, kvm or tcg, got %q", v)
 	}, func(c *Config) string { return c.QEMUAccel }}),
+	entry("VULCAN_NETWORK_SUBNET", "network-subnet", "private IPv4 subnet guests with a network get addresses from; the gateway is its first address", field{func(c *Config, v string) error {
+		ip, n, err := net.ParseCIDR(v)
+		if err != nil || ip.To4() == nil || !ip.Equal(n.IP) || !ip.IsPrivate() {
+			return fmt.Errorf("must be a private IPv4 network like 10.213.0.0/24, got %q", v)
+		}
+		c.NetworkSubnet = v
+		return nil
+	}, func(c *Config) string { return c.NetworkSubnet }}),
+	entry("VULCAN_CNI_BIN_DIR", "cni-bin-dir", "directory of the CNI plugins bridge, host-local and vulcan-cni-tap (default: cni/ next to the vulcan binary)", str(func(c *Config) *string { return &c.CNIBinDir })),
 	entry("VULCAN_LOG_LEVEL", "log-level", "debug, info, warn or error", field{func(c *Config, v string) error {
 		return c.LogLevel.UnmarshalText([]byte(v))
 	}, func(c *Config) string { return strings.ToLower(c.LogLevel.String()) }}),
@@ -124,6 +135,7 @@ func Default() *Config {
 		OutputLimit:     1 << 20,
 		VMM:             "auto",
 		QEMUAccel:       "auto",
+		NetworkSubnet:   "10.213.0.0/24",
 		LogLevel:        slog.LevelInfo,
 		ShutdownTimeout: 30 * time.Second,
 		Server:          "http://127.0.0.1:8080",

@@ -36,6 +36,18 @@ type Config struct {
 	Limits       model.Limits
 	Logger       *slog.Logger
 	Metrics      prometheus.Registerer
+	// Networker gives VMs with network policy host or egress a NIC. When nil, such
+	// workloads fail with ErrUnavailable and NetworkUnavailable as the reason.
+	Networker          Networker
+	NetworkUnavailable error
+}
+
+// Networker attaches a VM to the host's network under a policy and detaches it. Attach
+// releases what it acquired when it fails; Detach is idempotent and must work with a
+// cancelled context. (internal/network's Manager implements it.)
+type Networker interface {
+	Attach(ctx context.Context, vmID string, policy model.NetworkPolicy) (*vmm.Network, error)
+	Detach(ctx context.Context, vmID string) error
 }
 
 // Backend runs workloads in microVMs.
@@ -101,6 +113,10 @@ func (b *Backend) Capabilities() backend.Capabilities {
 		MaxCPUs:   b.cfg.Limits.MaxCPUs,
 		MaxMemMB:  b.cfg.Limits.MaxMemMB,
 		Details:   map[string]string{"images_dir": b.cfg.ImagesDir},
+		Network:   b.cfg.Networker != nil,
+	}
+	if b.cfg.Networker == nil && b.cfg.NetworkUnavailable != nil {
+		caps.Details["network_error"] = b.cfg.NetworkUnavailable.Error()
 	}
 	if d, err := b.drivers.peek(); d != nil {
 		caps.Details["vmm"] = d.Name()
@@ -254,6 +270,13 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	v.cid = cid
 	v.cleanup.add("release cid", func(context.Context) error { b.cids.release(cid); return nil })
 
+	var network *vmm.Network
+	if p := job.Spec.Network; p != "" && p != model.NetworkNone {
+		if network, err = b.attachNetwork(ctx, v, p); err != nil {
+			return v, err
+		}
+	}
+
 	cfg := vmm.Config{
 		ID:           id,
 		Dir:          v.dir,
@@ -262,7 +285,8 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		CPUs:         job.Spec.Resources.CPUs,
 		MemMB:        job.Spec.Resources.MemMB,
 		CID:          cid,
-		Args:         []string{"vulcan.hostname=vulcan"},
+		Args:         []string{"vulcan.hostname=vulcan", network.KernelIPArg()},
+		Network:      network,
 		ConsoleLimit: b.cfg.ConsoleLimit,
 	}
 	bootCtx, cancel := context.WithTimeout(ctx, b.cfg.BootTimeout)
@@ -305,6 +329,24 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	return v, nil
 }
 
+// attachNetwork gives the VM a NIC under policy, registering the detach right after.
+func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.NetworkPolicy) (*vmm.Network, error) {
+	if b.cfg.Networker == nil {
+		reason := b.cfg.NetworkUnavailable
+		if reason == nil {
+			reason = errors.New("no network manager configured")
+		}
+		return nil, fmt.Errorf("%w: network %q requested but VM networking is unavailable: %v", backend.ErrUnavailable, policy, reason)
+	}
+	n, err := b.cfg.Networker.Attach(ctx, v.id, policy)
+	if err != nil {
+		return nil, fmt.Errorf("network %s: %w", policy, err)
+	}
+	v.cleanup.add("detach network", func(ctx context.Context) error { return b.cfg.Networker.Detach(ctx, v.id) })
+	v.network = n
+	return n, nil
+}
+
 // vm is one workload's machine and everything it holds.
 type vm struct {
 	b          *Backend
@@ -315,6 +357,7 @@ type vm struct {
 	rootfs     *images.RootFS
 	dir        string
 	cid        uint32
+	network    *vmm.Network // nil: no NIC
 	machine    vmm.Machine
 	agent      *protocol.Conn
 	hello      *protocol.Hello
@@ -362,6 +405,10 @@ func (v *vm) metadata() map[string]string {
 	}
 	if v.machine != nil {
 		md["vmm_pid"] = strconv.Itoa(v.machine.PID())
+	}
+	if n := v.network; n != nil {
+		md["guest_ip"] = n.GuestIP.IP.String()
+		md["tap"] = n.TAP
 	}
 	if v.hello != nil {
 		md["boot_ms"] = strconv.FormatInt(v.bootTime.Milliseconds(), 10)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -36,11 +37,15 @@ type Manager struct {
 	cni    *libcni.CNIConfig
 	list   *libcni.NetworkConfigList
 	policy nft
+
+	prepMu   sync.Mutex
+	prepared bool
 }
 
-// New checks the host can give VMs a network, writes the conflist, reclaims what a
-// crashed run left and installs the base policy. Prerequisite failures wrap
-// ErrUnavailable.
+// New checks the host can give VMs a network, writes the conflist and reclaims what a
+// crashed run left. The bridge and the base policy come with the first Attach (or
+// Prepare), so a server whose workloads never ask for a network changes nothing in the
+// host's network. Prerequisite failures wrap ErrUnavailable.
 func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
@@ -80,13 +85,25 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		m.log.Info("reclaimed network state left by an earlier run", "attachments", r.Attachments,
 			"netns", r.NetNS, "veths", r.Veths, "leases", r.Leases, "rules", r.Rules)
 	}
-	if err := m.inHost(m.ensureBridge); err != nil {
-		return nil, fmt.Errorf("network: bridge %s: %w", cfg.Bridge, err)
-	}
-	if err := m.policy.reset(baseRules(cfg.Bridge, sub.gateway)); err != nil {
-		return nil, fmt.Errorf("network: %w", err)
-	}
 	return m, nil
+}
+
+// Prepare creates the bridge (with the gateway address) and Vulcan's nft tables with
+// the base rules, once; Attach calls it. A failed Prepare is retried by the next call.
+func (m *Manager) Prepare() error {
+	m.prepMu.Lock()
+	defer m.prepMu.Unlock()
+	if m.prepared {
+		return nil
+	}
+	if err := m.inHost(m.ensureBridge); err != nil {
+		return fmt.Errorf("network: bridge %s: %w", m.cfg.Bridge, err)
+	}
+	if err := m.policy.reset(baseRules(m.cfg.Bridge, m.sub.gateway)); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	m.prepared = true
+	return nil
 }
 
 // Check reports whether this host can give VMs a network: root, /dev/net/tun, and the
@@ -142,6 +159,9 @@ func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkP
 	}
 	if policy != model.NetworkHost && policy != model.NetworkEgress {
 		return nil, fmt.Errorf("network: policy %q gets no NIC", policy)
+	}
+	if err := m.Prepare(); err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	var undo []func(context.Context) error
@@ -250,8 +270,10 @@ func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
 			}
 		}
 	}
-	if err := m.inHost(func() error { return m.cni.GCNetworkList(ctx, m.list, &libcni.GCArgs{}) }); err != nil {
-		errs = append(errs, fmt.Errorf("CNI GC: %w", err))
+	if r.Attachments > 0 || len(m.leases()) > 0 {
+		if err := m.inHost(func() error { return m.cni.GCNetworkList(ctx, m.list, &libcni.GCArgs{}) }); err != nil {
+			errs = append(errs, fmt.Errorf("CNI GC: %w", err))
+		}
 	}
 	entries, _ := os.ReadDir(NetNSDir)
 	for _, e := range entries {
@@ -270,12 +292,9 @@ func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
 	}); err != nil {
 		errs = append(errs, fmt.Errorf("veths: %w", err))
 	}
-	leases, _ := os.ReadDir(m.files.leaseDir())
-	for _, e := range leases {
-		if net.ParseIP(e.Name()) != nil {
-			if err := os.Remove(filepath.Join(m.files.leaseDir(), e.Name())); err == nil {
-				r.Leases++
-			}
+	for _, l := range m.leases() {
+		if err := os.Remove(l); err == nil {
+			r.Leases++
 		}
 	}
 	if rs, err := m.policy.rulesOf(""); err == nil {
@@ -284,12 +303,34 @@ func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
 	if err := m.policy.drop(); err != nil {
 		errs = append(errs, fmt.Errorf("nft: %w", err))
 	}
+	m.prepMu.Lock()
+	m.prepared = false // the tables are gone: the next Attach rebuilds them
+	m.prepMu.Unlock()
 	return r, errors.Join(errs...)
 }
 
-// Close removes the bridge and the nft tables. VMs still attached lose their network;
-// detach them first.
+// leases lists host-local's lease files (named by address) for this network.
+func (m *Manager) leases() []string {
+	var out []string
+	entries, _ := os.ReadDir(m.files.leaseDir())
+	for _, e := range entries {
+		if net.ParseIP(e.Name()) != nil {
+			out = append(out, filepath.Join(m.files.leaseDir(), e.Name()))
+		}
+	}
+	return out
+}
+
+// Close removes the bridge and the nft tables, if this Manager made them. VMs still
+// attached lose their network; detach them first.
 func (m *Manager) Close(ctx context.Context) error {
+	m.prepMu.Lock()
+	was := m.prepared
+	m.prepared = false
+	m.prepMu.Unlock()
+	if !was {
+		return nil
+	}
 	var errs []error
 	if err := m.policy.drop(); err != nil {
 		errs = append(errs, fmt.Errorf("nft: %w", err))
@@ -411,4 +452,14 @@ func removeNetNS(path string) error {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	return nil
+}
+
+// Attached counts what is held for VMs right now: lease files plus VMs with nft rules.
+// Zero when every VM has been detached.
+func (m *Manager) Attached() (int, error) {
+	rs, err := m.policy.rulesOf("")
+	if err != nil {
+		return 0, err
+	}
+	return len(m.leases()) + len(rs), nil
 }

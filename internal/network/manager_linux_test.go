@@ -42,6 +42,9 @@ func (e *env) manager(t *testing.T) *Manager {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = m.Close(context.Background()) })
+	if err := m.Prepare(); err != nil {
+		t.Fatal(err)
+	}
 	return m
 }
 

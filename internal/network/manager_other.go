@@ -31,3 +31,7 @@ func (m *Manager) Detach(ctx context.Context, vmID string) error { return nil }
 func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) { return Reclaimed{}, nil }
 
 func (m *Manager) Close(ctx context.Context) error { return nil }
+
+func (m *Manager) Prepare() error { return Check("") }
+
+func (m *Manager) Attached() (int, error) { return 0, nil }

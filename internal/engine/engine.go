@@ -434,7 +434,8 @@ func (e *Engine) execute(t *task) {
 			o.status = model.StatusCompleted
 		}
 	}
-	if o.status != model.StatusCompleted && o.exit == nil {
+	// Kill already logged its line when it happened (so live viewers see it at once).
+	if o.status != model.StatusCompleted && o.exit == nil && !killed {
 		t.append(model.System, o.err)
 	}
 	if ctx.Err() != nil || err != nil {

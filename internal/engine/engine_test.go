@@ -160,6 +160,20 @@ func TestKillRunning(t *testing.T) {
 	if stored.Status != model.StatusKilled {
 		t.Fatalf("stored status %s", stored.Status)
 	}
+	// The kill is logged once: a dashboard showing the history must not see it twice.
+	logs, err := env.e.Logs(context.Background(), w.ID, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kills := 0
+	for _, l := range logs {
+		if l.Stream == model.System && strings.HasPrefix(l.Text, "killed by request") {
+			kills++
+		}
+	}
+	if kills != 1 {
+		t.Fatalf("%d kill lines in the log: %+v", kills, logs)
+	}
 	if _, err := env.e.Kill(context.Background(), w.ID); !errors.Is(err, engine.ErrTerminal) {
 		t.Fatalf("second kill: %v", err)
 	}

@@ -178,6 +178,19 @@ func TestAttachDetach(t *testing.T) {
 	if err := m.Detach(context.Background(), "never-attached"); err != nil {
 		t.Errorf("detach of an unknown VM: %v", err)
 	}
+	// Close takes the bridge and the tables away.
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nettest.Do(t, e.host, func() error {
+		if _, err := netlink.LinkByName(DefaultBridge); err == nil {
+			t.Error("bridge left after Close")
+		}
+		return nil
+	})
+	if out, _ := exec.Command("nsenter", "--net="+e.host, "nft", "list", "tables").CombinedOutput(); strings.Contains(string(out), "vulcan") {
+		t.Errorf("tables left after Close: %s", out)
+	}
 }
 
 // TestEgressRules: the masquerade and forward rules exist for that VM (and only it), as

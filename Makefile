@@ -12,7 +12,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/vulcanhq/vulcan/internal/version.Version=$(VERSION)
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all build cni run test test-short kernel rootfs images download fuzz soak bench clean
+.PHONY: all build cni deps test-deps run test test-short kernel rootfs images download fuzz soak bench clean
 
 all: build
 
@@ -35,13 +35,21 @@ cni:
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/cni/bridge github.com/containernetworking/plugins/plugins/main/bridge
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/cni/host-local github.com/containernetworking/plugins/plugins/ipam/host-local
 
-kernel:
+# Debian packages for images, VMs and networking (and chromium for the tests); installs
+# them as root, else prints the apt-get command.
+deps:
+	scripts/install-deps.sh
+
+test-deps:
+	scripts/install-deps.sh --test
+
+kernel: deps
 	scripts/build-kernel.sh $(VULCAN_IMAGES_DIR)
 
-rootfs: $(BIN)/vulcan-guest
+rootfs: deps $(BIN)/vulcan-guest
 	scripts/build-rootfs.sh $(RUNTIME) $(BIN)/vulcan-guest $(VULCAN_IMAGES_DIR)
 
-images: kernel $(BIN)/vulcan-guest
+images: deps kernel $(BIN)/vulcan-guest
 	for rt in $(RUNTIMES); do scripts/build-rootfs.sh $$rt $(BIN)/vulcan-guest $(VULCAN_IMAGES_DIR) || exit 1; done
 
 # Pinned Firecracker release + its CI kernel, SHA-256 verified (needs internet; fails fast).
@@ -51,7 +59,7 @@ download: $(BIN)/vulcan
 run: build images
 	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) $(BIN)/vulcan serve
 
-test: build images
+test: test-deps build images
 	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 

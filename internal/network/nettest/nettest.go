@@ -15,6 +15,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -180,8 +182,17 @@ func PluginDir(t testing.TB) string {
 		}
 	}
 	pluginsOnce.Do(func() {
-		pluginsDir, pluginsErr = os.MkdirTemp("", "vulcan-cni-")
-		if pluginsErr != nil {
+		// One dir per test process, named by its pid; dirs of processes that are gone
+		// are removed here, as the process cannot remove its own at exit.
+		stale, _ := filepath.Glob(filepath.Join(os.TempDir(), "vulcan-cni-test-*"))
+		for _, d := range stale {
+			pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), "vulcan-cni-test-"))
+			if err == nil && unix.Kill(pid, 0) == unix.ESRCH {
+				os.RemoveAll(d)
+			}
+		}
+		pluginsDir = filepath.Join(os.TempDir(), fmt.Sprintf("vulcan-cni-test-%d", os.Getpid()))
+		if pluginsErr = os.MkdirAll(pluginsDir, 0o755); pluginsErr != nil {
 			return
 		}
 		for pkg, name := range map[string]string{

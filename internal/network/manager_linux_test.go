@@ -18,6 +18,7 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/network/nettest"
+	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
 // env is one test's private network world: a host namespace, a state dir and a
@@ -96,6 +97,7 @@ func (w world) String() string {
 // rendering of the rules compiled here.
 func (e *env) nftList(t *testing.T, fam string) string {
 	t.Helper()
+	testenv.RequiresBinary(t, "nft")
 	out, err := exec.Command("nsenter", "--net="+e.host, "nft", "list", "table", fam, "vulcan").CombinedOutput()
 	if err != nil {
 		t.Fatalf("nft list: %v\n%s", err, out)

@@ -89,8 +89,10 @@ func (r *Registry) Statuses(ctx context.Context) []Status {
 }
 
 // Resolve picks the backend for a workload. "auto" resolves to microvm for every runtime
-// Vulcan knows. The error wraps ErrUnavailable and says why when nothing can run it.
-func (r *Registry) Resolve(ctx context.Context, iso model.Isolation, rt model.Runtime) (Backend, error) {
+// Vulcan knows. The error wraps ErrUnavailable and says why when nothing can run it —
+// including a network policy the backend cannot give, so such a workload is refused at
+// submission rather than failing after it was queued.
+func (r *Registry) Resolve(ctx context.Context, iso model.Isolation, rt model.Runtime, netPolicy model.NetworkPolicy) (Backend, error) {
 	name := string(iso)
 	if iso == model.IsolationAuto {
 		name = string(model.IsolationMicroVM)
@@ -109,6 +111,13 @@ func (r *Registry) Resolve(ctx context.Context, iso model.Isolation, rt model.Ru
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnavailable, name, err)
 	}
 	caps := b.Capabilities()
+	if netPolicy != "" && netPolicy != model.NetworkNone && !caps.Network {
+		reason := caps.Details["network_error"]
+		if reason == "" {
+			reason = "this backend gives workloads no network"
+		}
+		return nil, fmt.Errorf("%w: %s: network %q is not available: %s", ErrUnavailable, name, netPolicy, reason)
+	}
 	for _, have := range caps.Runtimes {
 		if have == rt {
 			return b, nil

@@ -169,7 +169,7 @@ func (e *Engine) Submit(ctx context.Context, spec model.Spec) (*model.Workload, 
 		e.m.rejected.WithLabelValues("invalid").Inc()
 		return nil, err
 	}
-	b, err := e.reg.Resolve(ctx, spec.Isolation, spec.Runtime)
+	b, err := e.reg.Resolve(ctx, spec.Isolation, spec.Runtime, spec.Network)
 	if err != nil {
 		e.m.rejected.WithLabelValues("unavailable").Inc()
 		return nil, err

@@ -80,8 +80,10 @@ soak: build images
 test-short: build
 	$(GO) test -short ./...
 
+# P1–P5 side by side: the table on stdout, the same as JSON in bench.json (BENCH_FLAGS=--quick
+# for a short run; `go test -bench` runs the same code through thin wrappers).
 bench: build images
-	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 20x ./...
+	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) $(BIN)/vulcan bench --json bench.json $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

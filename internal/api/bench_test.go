@@ -1,91 +1,62 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
-	"net/http"
-	"sort"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/vulcanhq/vulcan/internal/backend"
-	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
-	"github.com/vulcanhq/vulcan/internal/engine"
-	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/bench"
 )
 
-// BenchmarkControlPlane is P1: the cost the control plane adds on top of a backend. It
-// times, in one run, (a) a direct Execute of a no-op fake backend, (b) the same workload
-// through the real HTTP server, engine and SQLite store (sync POST /v1/workloads), and
-// (c) sustained no-op workloads per second with every transition and line persisted.
+// reportRows reports each row's sides and value as benchmark metrics, under the names
+// these benchmarks have always used.
+func reportRows(b *testing.B, rs []bench.Result, names map[string][3]string) {
+	b.Helper()
+	for _, r := range rs {
+		n, ok := names[r.ID]
+		if !ok {
+			continue
+		}
+		if r.Baseline != nil && n[0] != "" {
+			b.ReportMetric(r.Baseline.Median*1e6, n[0])
+		}
+		if r.Vulcan != nil && n[1] != "" {
+			b.ReportMetric(r.Vulcan.Median*1e6, n[1])
+		}
+		v := r.Value
+		if r.Unit == "s" {
+			v *= 1e6
+		}
+		b.ReportMetric(v, n[2])
+	}
+}
+
+// BenchmarkControlPlane is P1 (internal/bench.ControlPlane, the code `vulcan bench` runs):
+// a no-op workload's sync round trip through the real HTTP server, engine and SQLite
+// store vs a direct call of the same backend, and the sustained no-op rate.
 func BenchmarkControlPlane(b *testing.B) {
-	fake := &backendtest.Fake{Run: func(ctx context.Context, job backend.Job, sink backend.Sink) (backend.Result, error) {
-		sink.Line(model.Stdout, "ok")
-		return backend.Result{}, nil
-	}}
-	ts := newServer(b, engine.Config{MaxConcurrent: 64, QueueSize: 1024}, fake, "")
-	body := []byte(`{"runtime":"python","code":"pass"}`)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
-	post := func() {
-		resp, err := client.Post(ts.URL+"/v1/workloads", "application/json", bytes.NewReader(body))
+	for range b.N {
+		rs, err := bench.ControlPlane(context.Background(), bench.Options{TempDir: b.TempDir()})
 		if err != nil {
 			b.Fatal(err)
 		}
-		var buf [4096]byte
-		for {
-			if _, err := resp.Body.Read(buf[:]); err != nil {
-				break
-			}
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			b.Fatalf("status %d", resp.StatusCode)
-		}
+		reportRows(b, rs, map[string][3]string{
+			"P1a": {"direct-p50-µs", "api-p50-µs", "overhead-p50-µs"},
+			"P1b": {"", "", "workloads/s"},
+		})
 	}
-	p50 := func(d []time.Duration) time.Duration {
-		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-		return d[len(d)/2]
-	}
-	b.ResetTimer()
+}
+
+// BenchmarkP5LogStreaming is P5 (internal/bench.LogStreaming): one line's latency from a
+// backend's sink to an SSE client of the API, and lines/s with the backend writing flat out.
+func BenchmarkP5LogStreaming(b *testing.B) {
 	for range b.N {
-		const samples = 500
-		direct := make([]time.Duration, samples)
-		job := backend.Job{WorkloadID: "bench", Spec: model.Spec{Runtime: model.RuntimePython, Code: "pass"}}
-		sink := backend.SinkFunc(func(model.Stream, string) {})
-		for i := range direct {
-			start := time.Now()
-			fake.Execute(context.Background(), job, sink)
-			direct[i] = time.Since(start)
+		rs, err := bench.LogStreaming(context.Background(), bench.Options{TempDir: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
 		}
-		viaAPI := make([]time.Duration, samples)
-		for i := range viaAPI {
-			start := time.Now()
-			post()
-			viaAPI[i] = time.Since(start)
-		}
-		overhead := p50(viaAPI) - p50(direct)
-
-		const total, clients = 4000, 32
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		start := time.Now()
-		for range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for next.Add(1) <= total {
-					post()
-				}
-			}()
-		}
-		wg.Wait()
-		rate := total / time.Since(start).Seconds()
-
-		b.ReportMetric(float64(p50(direct).Microseconds()), "direct-p50-µs")
-		b.ReportMetric(float64(p50(viaAPI).Microseconds()), "api-p50-µs")
-		b.ReportMetric(float64(overhead.Microseconds()), "overhead-p50-µs")
-		b.ReportMetric(rate, "workloads/s")
+		reportRows(b, rs, map[string][3]string{
+			"P5a": {"", "", "latency-p50-µs"},
+			"P5b": {"", "", "lines/s"},
+		})
 	}
 }

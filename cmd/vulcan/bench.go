@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vulcanhq/vulcan/internal/bench"
+	"github.com/vulcanhq/vulcan/internal/config"
+	"github.com/vulcanhq/vulcan/internal/images"
+	"github.com/vulcanhq/vulcan/internal/microvm"
+	"github.com/vulcanhq/vulcan/internal/microvm/qemu"
+	"github.com/vulcanhq/vulcan/internal/version"
+)
+
+func benchCommand() *cobra.Command {
+	var (
+		only, jsonFile string
+		quick          bool
+		iterations     int
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure P1–P5 against their baselines and targets, print a table and optionally JSON",
+		Long: "Runs, one after another, each comparison side by side and interleaved:\n" +
+			"  P1 control-plane overhead (no-op workload via the API vs a direct backend call) and rate\n" +
+			"  P2 agent overhead (python3 -c pass through the agent vs directly; needs python3)\n" +
+			"  P3 rootfs provisioning vs a copy of a 1 GiB image (64 MiB with --quick)\n" +
+			"  P4 cold boot to agent hello vs a bare QEMU boot (needs qemu and `make images`)\n" +
+			"  P5 log streaming latency and throughput, backend sink to SSE client\n" +
+			"Misses are reported, not errors; the command fails only when a measurement fails.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			var ids []string
+			if only != "" {
+				ids = strings.Split(only, ",")
+			}
+			bs, err := bench.Select(ids)
+			if err != nil {
+				return err
+			}
+			stderr := cmd.ErrOrStderr()
+			opts := bench.Options{
+				Quick: quick, Iterations: iterations,
+				ImagesDir: cfg.ImagesDir, QEMUBin: cfg.QEMUBin,
+				Logf: func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) },
+			}
+			accel, reason := resolveAccel(cmd.Context(), cfg)
+			if accel == qemu.AccelKVM || accel == qemu.AccelTCG {
+				opts.Accel = accel
+			}
+			report := &bench.Report{
+				Date: time.Now().UTC(), Version: version.Version,
+				Machine: bench.DetectMachine(accel, reason),
+				Quick:   quick, Iterations: iterations,
+			}
+			report.Results = bench.Run(cmd.Context(), opts, bs)
+			if err := cmd.Context().Err(); err != nil {
+				return err
+			}
+			if err := report.WriteTable(cmd.OutOrStdout()); err != nil {
+				return err
+			}
+			if jsonFile != "" {
+				if err := writeReport(jsonFile, report); err != nil {
+					return err
+				}
+			}
+			if n := report.Failed(); n > 0 {
+				return fmt.Errorf("%d measurement(s) failed; see the table", n)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&only, "only", "", "comma-separated benchmarks to run, e.g. P1,P3 (default all)")
+	cmd.Flags().StringVar(&jsonFile, "json", "", "also write the report as JSON to this file")
+	cmd.Flags().BoolVar(&quick, "quick", false, "fewer samples and a 64 MiB P3 image (the table says so)")
+	cmd.Flags().IntVar(&iterations, "iterations", 0, "samples per side of every comparison (default: per benchmark)")
+	config.RegisterFlags(cmd.Flags(), "data-dir", "images-dir", "qemu-bin", "qemu-accel")
+	return cmd
+}
+
+// resolveAccel is how serve would run QEMU here: the configured acceleration, or the
+// cached KVM probe's verdict for "auto". It names why when there is no VMM at all.
+func resolveAccel(ctx context.Context, cfg *config.Config) (accel, reason string) {
+	bin := cfg.QEMUBin
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	if cfg.QEMUAccel != "" && cfg.QEMUAccel != "auto" {
+		return cfg.QEMUAccel, "set by VULCAN_QEMU_ACCEL"
+	}
+	kernel := filepath.Join(cfg.ImagesDir, images.KernelFile)
+	if _, err := os.Stat(kernel); err != nil {
+		return "none", "no kernel image to probe KVM with"
+	}
+	return qemu.ProbeAccelCached(ctx, bin, kernel, microvm.DefaultProbeCache())
+}
+
+func writeReport(path string, r *bench.Report) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := r.WriteJSON(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

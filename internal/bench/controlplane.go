@@ -103,6 +103,6 @@ func ControlPlane(ctx context.Context, o Options) ([]Result, error) {
 		return []Result{overhead}, firstErr
 	}
 	rate := rowP1b.Rate(total, elapsed, "workloads/s", AtLeast(ControlPlaneMinRate))
-	rate.Note = fmt.Sprintf("%d workloads in %s", total, formatSeconds(elapsed.Seconds()))
+	rate.Note = fmt.Sprintf("%s workloads in %s", thousands(int64(total)), formatSeconds(elapsed.Seconds()))
 	return []Result{overhead, rate}, nil
 }

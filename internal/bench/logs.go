@@ -143,6 +143,6 @@ func LogStreaming(ctx context.Context, o Options) ([]Result, error) {
 	}
 	med := Median(elapsed)
 	rate := rowP5b.Rate(lines, med, "lines/s", AtLeast(LogMinThroughput))
-	rate.Note = fmt.Sprintf("%d lines of %d bytes, median of %d runs %s", lines, lineBytes, runs, formatSeconds(med.Seconds()))
+	rate.Note = fmt.Sprintf("%s lines of %d bytes, median of %d runs %s", thousands(int64(lines)), lineBytes, runs, formatSeconds(med.Seconds()))
 	return []Result{latency, rate}, nil
 }

@@ -1,31 +1,20 @@
 package acceptance
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/vulcanhq/vulcan/internal/testenv"
+	"github.com/vulcanhq/vulcan/internal/testenv/browser"
 )
 
 // AC8: in the browser, a user submits code, watches it run (status running, its first
 // line live), and sees the logs and the result.
 func TestAC8Browser(t *testing.T) {
 	s := sharedServer(t)
-	chromium := testenv.RequiresBinary(t, "chromium")
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chromium), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 900),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true))
-	defer cancelAlloc()
-	ctx, cancelTab := chromedp.NewContext(alloc)
-	defer cancelTab()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
+	ctx := browser.NewTab(t, 1280, 900, 5*time.Minute)
 
 	code := "import time\nprint('first line', flush=True)\ntime.sleep(3)\nprint('second line')\n"
 	run := func(actions ...chromedp.Action[chromedp.Void]) {

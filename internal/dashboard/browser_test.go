@@ -26,6 +26,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/vulcanhq/vulcan/internal/testenv"
+	chromium "github.com/vulcanhq/vulcan/internal/testenv/browser"
 )
 
 // TestDashboardInBrowser drives the dashboard in headless Chromium against a real
@@ -35,21 +36,11 @@ func TestDashboardInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots microVMs and a browser")
 	}
-	chromium := testenv.RequiresBinary(t, "chromium")
+	testenv.RequiresBinary(t, "chromium")
 	images := testenv.RequiresImages(t, "python")
 	base := startServer(t, images)
 	shots := artifactsDir(t)
-
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chromium), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1440, 1000),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true))
-	defer cancelAlloc()
-	ctx, cancelTab := chromedp.NewContext(alloc)
-	defer cancelTab()
-	ctx, cancel := context.WithTimeout(ctx, 8*time.Minute)
-	defer cancel()
+	ctx := chromium.NewTab(t, 1440, 1000, 8*time.Minute)
 
 	b := &browser{t: t, ctx: ctx, base: base, shots: shots}
 	if err := chromedp.Listen(ctx, b.console); err != nil {

@@ -63,4 +63,3 @@ func TestReclaim(t *testing.T) {
 		t.Errorf("second reclaim: %d %v", n, err)
 	}
 }
-

@@ -364,3 +364,65 @@ func TestParseKernelArgs(t *testing.T) {
 		}
 	}
 }
+
+// SIGTERM (the SDK's StopVMM) powers the VM off mid-workload: the simulator exits and
+// the workload, in the guest's PID namespace, dies with it.
+func TestSIGTERMKillsGuest(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the guest's PID namespace needs root")
+	}
+	s := startSim(t)
+	vsockPath := s.configure(t)
+	s.put(t, "/actions", `{"action_type":"InstanceStart"}`)
+	conn, _ := connect(t, vsockPath, 1024)
+	defer conn.Close()
+	hc := protocol.NewConn(conn)
+	if _, err := hc.ReadHello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	go hc.Run(context.Background(), &protocol.Exec{ProtocolVersion: protocol.Version, ID: "x", Runtime: "python",
+		Code: "import time\nprint('up', flush=True)\ntime.sleep(300)\n"},
+		func(o *protocol.Output) {
+			if o.Stream != "stdout" || o.Data != "up" {
+				t.Errorf("unexpected output %+v", o)
+			}
+			select {
+			case <-started:
+			default:
+				close(started)
+			}
+		})
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("workload never printed")
+	}
+	// The workload's pid is namespaced; find it on the host by its work dir.
+	hostPid := 0
+	procs, _ := filepath.Glob("/proc/[0-9]*/cwd")
+	for _, p := range procs {
+		if cwd, err := os.Readlink(p); err == nil && strings.HasPrefix(cwd, s.dir+"/") {
+			b, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+			if strings.Contains(string(b), "python") {
+				fmt.Sscan(filepath.Base(filepath.Dir(p)), &hostPid)
+			}
+		}
+	}
+	if hostPid == 0 {
+		t.Fatal("workload process not found on the host")
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("fcsim still running after SIGTERM")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(hostPid, 0) == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if syscall.Kill(hostPid, 0) == nil {
+		t.Errorf("workload %d survived the VM's power off", hostPid)
+	}
+}

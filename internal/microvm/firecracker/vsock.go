@@ -71,4 +71,3 @@ func DialVsock(ctx context.Context, path string, port uint32) (_ net.Conn, err e
 	}
 	return conn, nil
 }
-

@@ -15,7 +15,8 @@ import (
 // logsStream serves a workload's log as Server-Sent Events: one event per line, with the
 // line's seq as the event id, so a client that reconnects with Last-Event-ID (or ?after=N)
 // resumes exactly after the last line it saw. When the workload has ended and every line
-// has been sent, a "done" event carries the final workload and the stream closes.
+// has been sent, a "done" event carries the final workload (without its assembled output,
+// which the lines already carried) and the stream closes.
 func (s *Server) logsStream(w http.ResponseWriter, r *http.Request) {
 	pos := r.Header.Get("Last-Event-ID")
 	if pos == "" {
@@ -65,7 +66,12 @@ func (s *Server) logsStream(w http.ResponseWriter, r *http.Request) {
 			flush()
 			return
 		case final != nil:
-			writeEvent(bw, "done", "", NewWorkload(final))
+			// The stream has delivered every line: the done event carries the final state
+			// without the assembled output, which would repeat it (twice, as output and
+			// stdout/stderr) in one unbounded event. GET the workload for it.
+			done := NewWorkload(final)
+			done.Output, done.Stdout, done.Stderr = "", "", ""
+			writeEvent(bw, "done", "", done)
 			flush()
 			return
 		default:

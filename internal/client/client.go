@@ -192,7 +192,10 @@ func (c *Client) followOnce(ctx context.Context, id string, last *int64, fn func
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 4<<20)
+	// One event is one line; the buffer grows only as far as the longest one. The server
+	// keeps events small (a log line, or the final state without output), so this bound
+	// only stops a broken or hostile server from growing it without end.
+	sc.Buffer(nil, 16<<20)
 	var event, data string
 	for sc.Scan() {
 		line := sc.Text()

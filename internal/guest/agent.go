@@ -178,6 +178,7 @@ func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
 	}
 	var cur *job
 	var finished <-chan struct{} // cur.done, nil when idle
+	execReceived := false        // a oneshot VM is spent once it has taken its exec
 	stop := func(cause error) {
 		if cur != nil {
 			cur.cancel(cause)
@@ -191,9 +192,11 @@ func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
 				if !errors.Is(r.err, io.EOF) && !errors.Is(r.err, net.ErrClosed) {
 					a.log.Warn("session ended", "err", r.err)
 				}
-				// The host is gone: nobody will read the result.
+				// The host is gone: nobody will read the result. A oneshot VM whose exec
+				// arrived powers off however the session ended — the host may close the
+				// stream the moment it has the exit, before this loop saw the job finish.
 				stop(errCancelled)
-				return false
+				return a.cfg.Oneshot && execReceived
 			}
 			switch r.m.Type {
 			case protocol.TypeExec:
@@ -201,6 +204,7 @@ func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
 					a.log.Warn("exec while another is running; ignored", "id", r.m.Exec.ID)
 					continue
 				}
+				execReceived = true
 				execCtx, cancelExec := context.WithCancelCause(ctx)
 				cur = &job{cancel: cancelExec, done: make(chan struct{})}
 				finished = cur.done

@@ -644,3 +644,31 @@ func TestShutdownPowersOff(t *testing.T) {
 		t.Fatal("agent ignored shutdown")
 	}
 }
+
+// A oneshot VM is spent once it took its exec: when the host closes the stream (it may do
+// so the moment it has the exit, or give up mid-run), the agent powers off rather than
+// waiting for a host that will not come back.
+func TestOneshotPowersOffWhenHostLeaves(t *testing.T) {
+	requireRuntime(t, "python")
+	ta := startAgent(t, Config{Oneshot: true})
+	c, _ := ta.dial(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan struct{})
+	go func() {
+		var once sync.Once
+		c.Run(ctx, &protocol.Exec{Runtime: "python", Code: "import time\nprint('up', flush=True)\ntime.sleep(30)\n"},
+			func(*protocol.Output) { once.Do(func() { close(started) }) })
+	}()
+	<-started
+	c.Close()
+	cancel()
+	select {
+	case err := <-ta.serve:
+		if !errors.Is(err, ErrPowerOff) {
+			t.Fatalf("Serve returned %v, want ErrPowerOff", err)
+		}
+		ta.serve <- err
+	case <-time.After(10 * time.Second):
+		t.Fatal("oneshot agent kept serving after its host left")
+	}
+}

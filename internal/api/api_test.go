@@ -376,6 +376,10 @@ func TestSSEHistoryLiveResumeAndDone(t *testing.T) {
 	if done.event != "done" || decode[api.Workload](t, []byte(done.data)).Status != model.StatusCompleted {
 		t.Fatalf("done event %+v", done)
 	}
+	// The lines carried the output; the done event does not repeat it.
+	if fin := decode[api.Workload](t, []byte(done.data)); fin.Output != "" || fin.Stdout != "" || fin.ExitCode == nil {
+		t.Fatalf("done event repeats the output or lacks the exit code: %+v", fin)
+	}
 
 	// After the end, the stored log replays the same way, and ?after works too.
 	resp, err = http.Get(ts.URL + "/v1/workloads/" + id + "/logs?after=5")

@@ -36,8 +36,8 @@ func KVMUsable() error {
 }
 
 // ResolveDriver returns the function New uses to pick the driver: for auto, Firecracker
-// when /dev/kvm and its binary are usable, else QEMU when present, else an error naming
-// what is missing for both.
+// when /dev/kvm and its binary are usable (and, where QEMU can check, KVM really runs a
+// guest), else QEMU when present, else an error naming what is missing for both.
 func ResolveDriver(opts DriverOptions) func() (vmm.Driver, error) {
 	return func() (vmm.Driver, error) {
 		if opts.FirecrackerBin == "" {
@@ -78,6 +78,16 @@ func ResolveDriver(opts DriverOptions) func() (vmm.Driver, error) {
 			return qemuDriver()
 		case "", "auto":
 			fcErr := fcReason()
+			if fcErr == nil {
+				// /dev/kvm opening is not proof that KVM runs guests (nested hosts without
+				// full CPU support fail at the first instruction they cannot emulate). When
+				// QEMU is here too, its cached test boot decides.
+				if _, err := exec.LookPath(opts.QEMUBin); err == nil {
+					if accel, reason := qemu.ProbeAccelCached(context.Background(), opts.QEMUBin, opts.Kernel, opts.ProbeCache); accel != qemu.AccelKVM {
+						fcErr = fmt.Errorf("%w: firecracker needs a working KVM: %s", vmm.ErrNotAvailable, reason)
+					}
+				}
+			}
 			if fcErr == nil {
 				return firecrackerDriver(opts), nil
 			}

@@ -116,6 +116,10 @@ func TestAC1BackendRegistersWithCapabilities(t *testing.T) {
 		if w.Status != model.StatusCompleted || w.Backend != "microvm" || w.Metadata["vmm"] == "" {
 			t.Errorf("isolation %s: status %s backend %q metadata %v error %q", iso, w.Status, w.Backend, w.Metadata, w.Error)
 		}
+		// A run with VULCAN_VMM set (the Firecracker pass) must really use that VMM.
+		if want := os.Getenv("VULCAN_VMM"); want != "" && want != "auto" && w.Metadata["vmm"] != want {
+			t.Errorf("isolation %s ran on %q, VULCAN_VMM=%s", iso, w.Metadata["vmm"], want)
+		}
 	}
 }
 

@@ -36,13 +36,13 @@ func (c *cleanupStack) add(name string, fn func(ctx context.Context) error) {
 	_ = fn(context.Background())
 }
 
-// run executes every undo, newest first, once; later calls return the first run's result.
-// Teardown never inherits cancellation: it gets its own deadline.
-func (c *cleanupStack) run(ctx context.Context, timeout time.Duration) error {
+// run executes every undo, newest first, once; later calls wait for that run and return
+// its result with ran false. Teardown never inherits cancellation: it gets its own deadline.
+func (c *cleanupStack) run(ctx context.Context, timeout time.Duration) (ran bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done {
-		return c.err
+		return false, c.err
 	}
 	c.done = true
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
@@ -55,5 +55,5 @@ func (c *cleanupStack) run(ctx context.Context, timeout time.Duration) error {
 	}
 	c.steps = nil
 	c.err = errors.Join(errs...)
-	return c.err
+	return true, c.err
 }

@@ -27,7 +27,10 @@ func TestCleanupStack(t *testing.T) {
 	// Teardown from a cancelled request context still runs every step with live time.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := c.run(ctx, time.Minute)
+	ran, err := c.run(ctx, time.Minute)
+	if !ran {
+		t.Error("first run reported it did not run")
+	}
 	if strings.Join(order, ",") != "vmm,cid,dir" {
 		t.Errorf("order %v, want LIFO", order)
 	}
@@ -35,8 +38,8 @@ func TestCleanupStack(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 	// Exactly once: a second run repeats nothing and returns the first result.
-	if err2 := c.run(context.Background(), time.Minute); err2 != err || len(order) != 3 {
-		t.Errorf("second run: %v, order %v", err2, order)
+	if ran2, err2 := c.run(context.Background(), time.Minute); err2 != err || ran2 || len(order) != 3 {
+		t.Errorf("second run: %v ran=%v, order %v", err2, ran2, order)
 	}
 	// An acquire that lands after teardown is released at once.
 	c.add("late", func(context.Context) error { order = append(order, "late"); return nil })

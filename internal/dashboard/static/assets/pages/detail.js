@@ -1,6 +1,7 @@
 // A workload's page. Three sources keep it live, each for what it is best at:
-//   - the SSE log stream (history first, then live lines, then a "done" event carrying
-//     the final workload), read with fetch so the bearer token can be sent;
+//   - the SSE log stream (history first, then live lines, then a "done" event with the
+//     final state but not the output, which the lines carried), read with fetch so the
+//     bearer token can be sent; at "done" the page fetches the finished workload;
 //   - a one-second poll of the workload while it is unfinished, for pending → running
 //     and for metadata the stream does not carry;
 //   - the stored history once it has finished, merged by seq, so lines the stream missed
@@ -170,7 +171,7 @@ export function render(main, { params }) {
     try {
       await streamEvents(`/v1/workloads/${id}/logs`, (ev) => {
         if (ev.event === "message") addLine(JSON.parse(ev.data));
-        else if (ev.event === "done") update(JSON.parse(ev.data));
+        else if (ev.event === "done") poll(); // the event omits the assembled output
       }, { signal: ctl.signal, until: ["done"], onError: () => { logState.textContent = "reconnecting…"; } });
     } catch (err) {
       if (!ctl.signal.aborted) logState.textContent = "log stream refused: " + err.message;

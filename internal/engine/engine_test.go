@@ -471,3 +471,16 @@ func TestShutdownDrainsRunning(t *testing.T) {
 		t.Fatalf("drained workload: %s %q", got.Status, got.Error)
 	}
 }
+
+// A spec too big for one agent frame is refused at submission, with the size in the text.
+func TestSpecTooBigForTheGuest(t *testing.T) {
+	env := newEnv(t, engine.Config{}, &backendtest.Fake{})
+	spec := py(strings.Repeat("#", model.MaxSpecBytes))
+	_, err := env.e.Submit(context.Background(), spec)
+	if !errors.Is(err, engine.ErrInvalid) || !strings.Contains(err.Error(), "the limit is 15 MiB") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, total, _ := env.e.List(context.Background(), store.Filter{}); total != 0 {
+		t.Fatalf("%d workloads stored", total)
+	}
+}

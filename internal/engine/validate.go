@@ -72,6 +72,13 @@ func validate(spec model.Spec, limits model.Limits) (model.Spec, error) {
 		return bad("%v", err)
 	}
 	spec.Resources = r
+	// The whole payload goes to the guest in one agent frame: refuse here, with a clear
+	// message, what would otherwise fail after queueing.
+	if n, err := spec.WireSize(); err != nil {
+		return bad("%v", err)
+	} else if n > model.MaxSpecBytes {
+		return bad("code, code_archive, input and env take %.1f MiB encoded; the limit is %d MiB", float64(n)/(1<<20), model.MaxSpecBytes>>20)
+	}
 	return spec, nil
 }
 

@@ -191,18 +191,7 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 		return res, err
 	}
 
-	ex := &protocol.Exec{
-		ProtocolVersion: protocol.Version,
-		ID:              job.WorkloadID,
-		Runtime:         string(spec.Runtime),
-		Code:            spec.Code,
-		Archive:         spec.Archive,
-		Entrypoint:      spec.Entrypoint,
-		Stdin:           spec.Stdin(),
-		Env:             spec.Env,
-		TimeoutMS:       int64(spec.Resources.TimeoutS) * 1000,
-		OutputLimit:     int64(job.OutputLimit),
-	}
+	ex := execFor(job)
 	sent := time.Now()
 	exit, err := v.agent.Run(ctx, ex, func(o *protocol.Output) {
 		stream := model.Stdout
@@ -235,6 +224,23 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 		outcome = "failed"
 	}
 	return res, nil
+}
+
+// execFor is the agent's exec message for a job.
+func execFor(job backend.Job) *protocol.Exec {
+	spec := job.Spec
+	return &protocol.Exec{
+		ProtocolVersion: protocol.Version,
+		ID:              job.WorkloadID,
+		Runtime:         string(spec.Runtime),
+		Code:            spec.Code,
+		Archive:         spec.Archive,
+		Entrypoint:      spec.Entrypoint,
+		Stdin:           spec.Stdin(),
+		Env:             spec.Env,
+		TimeoutMS:       int64(spec.Resources.TimeoutS) * 1000,
+		OutputLimit:     int64(job.OutputLimit),
+	}
 }
 
 // boot acquires everything a VM needs, each undo registered right after its acquire, and

@@ -3,6 +3,7 @@
 package model
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -150,6 +151,24 @@ func (l Limits) Apply(r Resources) (Resources, error) {
 		return r, fmt.Errorf("resources.timeout_s must be between 1 and %d, got %d", l.MaxTimeoutS, r.TimeoutS)
 	}
 	return r, nil
+}
+
+// MaxSpecBytes bounds a spec's WireSize. The backend sends all of it to the guest agent in
+// one frame of at most 16 MiB (protocol.MaxFrameSize, checked against this in
+// internal/microvm's tests), so the spec leaves room for the frame's own fields.
+const MaxSpecBytes = 15 << 20
+
+// WireSize is about what the spec takes on the way to the guest: its JSON encoding with
+// the input replaced by the stdin bytes it becomes, base64-encoded as the agent protocol
+// sends them.
+func (s *Spec) WireSize() (int, error) {
+	c := *s
+	c.Input = nil
+	enc, err := json.Marshal(c)
+	if err != nil {
+		return 0, err
+	}
+	return len(enc) + base64.StdEncoding.EncodedLen(len(s.Stdin())), nil
 }
 
 // Spec is what a user asked to run: everything needed to execute a workload.

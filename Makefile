@@ -13,7 +13,8 @@ LDFLAGS := -s -w -X github.com/vulcanhq/vulcan/internal/version.Version=$(VERSIO
 TEST_TIMEOUT ?= 60m
 # Test packages run one at a time (-p 1): several boot VMs under TCG on the same 2 cores,
 # and servers share host-global state (named netns mounts, the bridge) that a concurrent
-# server's startup reclaim would take for a crashed run's leftovers.
+# server's startup reclaim would take for a crashed run's leftovers. Never from the test
+# cache (-count=1): VM tests depend on images and processes Go cannot see.
 
 .PHONY: all build cni deps test-deps run test test-short kernel rootfs images download fuzz soak bench clean
 
@@ -63,7 +64,7 @@ run: build images
 	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) $(BIN)/vulcan serve
 
 test: test-deps build images
-	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -p 1 -timeout $(TEST_TIMEOUT) ./...
+	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
 # Fuzz every decoder of hostile bytes for a fixed budget each (`make test` runs a short

@@ -11,7 +11,8 @@ need=(
   iproute2 nftables util-linux                      # per-VM networking (ip, nft, nsenter)
 )
 if [ "${1:-}" = "--test" ]; then
-  need+=(chromium)                                  # browser tests of the dashboard
+  need+=(chromium                                   # browser tests of the dashboard
+         python3 nodejs)                            # the agent's tests run the host's runtimes
 fi
 
 missing=()

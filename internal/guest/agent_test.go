@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vulcanhq/vulcan/internal/protocol"
+	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
 // Tests run the real agent on a unix socket with this machine's runtimes.
@@ -166,6 +167,9 @@ func runCtx(t *testing.T, ctx context.Context, ex *protocol.Exec, on func(*proto
 func requireRuntime(t testing.TB, rt string) {
 	t.Helper()
 	if _, err := lookPath(runtimes[rt].binary, defaultPath); err != nil {
+		if testenv.InCI() {
+			t.Fatalf("runtime %s missing, and CI should have it: %v", rt, err)
+		}
 		t.Skipf("runtime %s not on this machine: %v", rt, err)
 	}
 }

@@ -43,9 +43,7 @@ func vulcanBin(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "vulcan")
-		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/vulcan").CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
+		binErr = testenv.GoBuild(binPath, "github.com/vulcanhq/vulcan/cmd/vulcan")
 	})
 	if binErr != nil {
 		t.Fatal(binErr)

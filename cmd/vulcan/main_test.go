@@ -25,6 +25,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
 // cli runs the vulcan command in-process.
@@ -229,8 +230,8 @@ type serveProcess struct {
 func startServe(t *testing.T, args ...string) *serveProcess {
 	t.Helper()
 	p := &serveProcess{bin: filepath.Join(t.TempDir(), "vulcan"), exited: make(chan error, 1)}
-	if out, err := exec.Command("go", "build", "-o", p.bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if err := testenv.GoBuild(p.bin, "."); err != nil {
+		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

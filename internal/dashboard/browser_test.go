@@ -404,8 +404,8 @@ func (b *browser) fail(t *testing.T, err error) {
 func startServer(t *testing.T, images string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "vulcan")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/vulcanhq/vulcan/cmd/vulcan").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if err := testenv.GoBuild(bin, "github.com/vulcanhq/vulcan/cmd/vulcan"); err != nil {
+		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -12,15 +12,7 @@ import (
 // b.N interleaved pairs; agent/direct of the medians is the ratio (target ≤ 1.05).
 func BenchmarkP2AgentOverhead(b *testing.B) {
 	r, err := bench.AgentOverhead(context.Background(), bench.Options{Iterations: b.N})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if r.Verdict == bench.Error {
-		b.Fatal(r.Note)
-	}
-	if r.Verdict == bench.Skip {
-		b.Skip(r.Note)
-	}
+	r = bench.Checked(b, r, err)
 	b.ReportMetric(r.Baseline.Median*1e6, "direct-µs")
 	b.ReportMetric(r.Vulcan.Median*1e6, "agent-µs")
 	b.ReportMetric(r.Value, "ratio")

@@ -15,12 +15,7 @@ import (
 // copy of a 1 GiB image, b.N interleaved pairs.
 func BenchmarkP3RootfsProvisioning(b *testing.B) {
 	r, err := bench.RootfsProvisioning(context.Background(), bench.Options{Iterations: b.N, TempDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if r.Verdict == bench.Error {
-		b.Fatal(r.Note)
-	}
+	r = bench.Checked(b, r, err)
 	b.ReportMetric(r.Vulcan.Median*1e6, "shared-µs/vm")
 	b.ReportMetric(r.Baseline.Median*1e3, "copy-ms/vm")
 	b.ReportMetric(r.Value, "copy/shared-ratio")
@@ -36,15 +31,7 @@ func BenchmarkP4BootToHello(b *testing.B) {
 		accel = qemu.AccelKVM
 	}
 	r, err := bench.BootToHello(context.Background(), bench.Options{Iterations: b.N, ImagesDir: imgs, Accel: accel})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if r.Verdict == bench.Error {
-		b.Fatal(r.Note)
-	}
-	if r.Verdict == bench.Skip {
-		b.Skip(r.Note)
-	}
+	r = bench.Checked(b, r, err)
 	b.ReportMetric(r.Vulcan.Median*1e3, "agent-hello-ms")
 	b.ReportMetric(r.Baseline.Median*1e3, "bare-init-ms")
 	b.ReportMetric(r.Value, "hello/bare-ratio")

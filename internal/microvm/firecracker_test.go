@@ -24,11 +24,9 @@ func TestConformanceFirecrackerSim(t *testing.T) {
 		t.Skip("builds the simulator and the agent, runs workloads")
 	}
 	bin := shortDir(t)
-	for _, b := range [][2]string{{"fcsim", "./firecracker/fcsim"}, {"vulcan-guest", "../../cmd/vulcan-guest"}} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b[0]), b[1])
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", b[0], err, out)
+	for _, b := range [][2]string{{"fcsim", "./firecracker/fcsim"}, {"vulcan-guest", "github.com/vulcanhq/vulcan/cmd/vulcan-guest"}} {
+		if err := testenv.GoBuild(filepath.Join(bin, b[0]), b[1], "CGO_ENABLED=0"); err != nil {
+			t.Fatal(err)
 		}
 	}
 

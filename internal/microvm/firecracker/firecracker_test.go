@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/protocol"
+	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
 func TestBootArgs(t *testing.T) {
@@ -200,11 +200,9 @@ func TestMain(m *testing.M) {
 	binDir = d
 	code := func() int {
 		defer os.RemoveAll(d)
-		for _, b := range [][2]string{{"fcsim", "./fcsim"}, {"vulcan-guest", "../../../cmd/vulcan-guest"}} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(d, b[0]), b[1])
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b[0], err, out)
+		for _, b := range [][2]string{{"fcsim", "./fcsim"}, {"vulcan-guest", "github.com/vulcanhq/vulcan/cmd/vulcan-guest"}} {
+			if err := testenv.GoBuild(filepath.Join(d, b[0]), b[1], "CGO_ENABLED=0"); err != nil {
+				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
 		}

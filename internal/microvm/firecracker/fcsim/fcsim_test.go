@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vulcanhq/vulcan/internal/protocol"
+	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
 // The simulator is tested as the SDK uses it: a process serving HTTP on a unix socket.
@@ -31,11 +32,9 @@ func TestMain(m *testing.M) {
 	binDir = d
 	code := func() int {
 		defer os.RemoveAll(d)
-		for _, b := range [][2]string{{"fcsim", "."}, {"vulcan-guest", "../../../../cmd/vulcan-guest"}} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(d, b[0]), b[1])
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b[0], err, out)
+		for _, b := range [][2]string{{"fcsim", "."}, {"vulcan-guest", "github.com/vulcanhq/vulcan/cmd/vulcan-guest"}} {
+			if err := testenv.GoBuild(filepath.Join(d, b[0]), b[1], "CGO_ENABLED=0"); err != nil {
+				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
 		}

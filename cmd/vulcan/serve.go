@@ -37,7 +37,7 @@ func serveCommand() *cobra.Command {
 		},
 	}
 	config.RegisterFlags(cmd.Flags(), "listen", "data-dir", "images-dir", "max-concurrent", "queue-size", "output-limit",
-		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "log-level", "shutdown-timeout")
+		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "cni-bin-dir", "log-level", "shutdown-timeout")
 	return cmd
 }
 
@@ -53,6 +53,11 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, err := store.Open(ctx, cfg.DatabasePath())
 	if err != nil {
 		return err

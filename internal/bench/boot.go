@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vulcanhq/vulcan/internal/microvm/qemu"
@@ -114,7 +113,7 @@ func bareBoot(ctx context.Context, d *qemu.Driver, kernel, rootfs string) (time.
 	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, d.Bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = vmm.ProcAttr()
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("bare boot: %w: %s", err, lastLines(string(out), 5))

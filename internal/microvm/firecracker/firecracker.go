@@ -202,7 +202,7 @@ func (d *Driver) command(life context.Context, cfg vmm.Config, console *vmm.Cons
 			Build(life)
 	}
 	cmd.Dir = cfg.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = vmm.ProcAttr()
 	cmd.Cancel = func() error { return killGroup(cmd) }
 	return cmd
 }

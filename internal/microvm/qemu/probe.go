@@ -11,8 +11,9 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 )
 
 // ProbeAccel decides between KVM and TCG. /dev/kvm existing is not enough: nested or
@@ -38,7 +39,7 @@ func ProbeAccel(ctx context.Context, bin, kernel string) (accel, reason string) 
 		"-append", "console=ttyS0 panic=-1 reboot=t")
 	out := &probeOutput{cancel: cancel}
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = vmm.ProcAttr()
 	cmd.WaitDelay = time.Second
 	err = cmd.Run()
 	text := out.String()

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
@@ -143,9 +142,7 @@ func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (_ vmm.Machine, err 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = cfg.Dir
 	cmd.Stdout, cmd.Stderr = console, console
-	// Own process group so the stop can kill everything; die with us if we crash (the
-	// startup reclaim catches what this misses).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = vmm.ProcAttr()
 	proc, err := vmm.StartProcess(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", d.Bin, err)

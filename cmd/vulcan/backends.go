@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -30,6 +32,7 @@ func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Regi
 		StateDir: filepath.Join(cfg.DataDir, "cni"),
 		BinDir:   cniBinDir(cfg),
 		Subnet:   cfg.NetworkSubnet,
+		DNS:      guestDNS(cfg.NetworkDNS),
 		Logger:   log,
 	})
 	if nerr != nil {
@@ -80,4 +83,21 @@ func driverOptions(cfg *config.Config) microvm.DriverOptions {
 		Kernel:         filepath.Join(cfg.ImagesDir, images.KernelFile),
 		ProbeCache:     microvm.DefaultProbeCache(),
 	}
+}
+
+// guestDNS resolves the VULCAN_NETWORK_DNS setting (already validated by config).
+func guestDNS(setting string) []net.IP {
+	switch setting {
+	case "none":
+		return nil
+	case "", "host":
+		return network.HostDNS("/etc/resolv.conf")
+	}
+	var out []net.IP
+	for _, s := range strings.Split(setting, ",") {
+		if ip := net.ParseIP(strings.TrimSpace(s)); ip != nil {
+			out = append(out, ip.To4())
+		}
+	}
+	return out
 }

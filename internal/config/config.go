@@ -32,6 +32,7 @@ type Config struct {
 	QEMUBin         string        // VULCAN_QEMU_BIN
 	QEMUAccel       string        // VULCAN_QEMU_ACCEL: auto | kvm | tcg
 	NetworkSubnet   string        // VULCAN_NETWORK_SUBNET: private IPv4 range for guests (one /24 of 10.213.0.0/16 per host)
+	NetworkDNS      string        // VULCAN_NETWORK_DNS: name servers for egress guests, "host" (from /etc/resolv.conf) or "none"
 	CNIBinDir       string        // VULCAN_CNI_BIN_DIR: CNI plugins (default: cni/ next to the vulcan binary)
 	LogLevel        slog.Level    // VULCAN_LOG_LEVEL: debug | info | warn | error
 	ShutdownTimeout time.Duration // VULCAN_SHUTDOWN_TIMEOUT: how long SIGTERM waits for running workloads
@@ -103,6 +104,17 @@ var settings = []setting{
 		c.NetworkSubnet = v
 		return nil
 	}, func(c *Config) string { return c.NetworkSubnet }}),
+	entry("VULCAN_NETWORK_DNS", "network-dns", "name servers egress guests use: host (the host's non-loopback ones from /etc/resolv.conf), none, or a comma-separated list of IPv4 addresses", field{func(c *Config, v string) error {
+		if v != "host" && v != "none" {
+			for _, s := range strings.Split(v, ",") {
+				if ip := net.ParseIP(strings.TrimSpace(s)); ip == nil || ip.To4() == nil {
+					return fmt.Errorf("must be host, none or IPv4 addresses separated by commas, got %q", v)
+				}
+			}
+		}
+		c.NetworkDNS = v
+		return nil
+	}, func(c *Config) string { return c.NetworkDNS }}),
 	entry("VULCAN_CNI_BIN_DIR", "cni-bin-dir", "directory of the CNI plugins bridge, host-local and vulcan-cni-tap (default: cni/ next to the vulcan binary)", str(func(c *Config) *string { return &c.CNIBinDir })),
 	entry("VULCAN_LOG_LEVEL", "log-level", "debug, info, warn or error", field{func(c *Config, v string) error {
 		return c.LogLevel.UnmarshalText([]byte(v))
@@ -136,6 +148,7 @@ func Default() *Config {
 		VMM:             "auto",
 		QEMUAccel:       "auto",
 		NetworkSubnet:   "10.213.0.0/24",
+		NetworkDNS:      "host",
 		LogLevel:        slog.LevelInfo,
 		ShutdownTimeout: 30 * time.Second,
 		Server:          "http://127.0.0.1:8080",

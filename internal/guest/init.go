@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"syscall"
 )
 
@@ -112,4 +113,29 @@ func overlayRoot(sys sysOps) error {
 		return err
 	}
 	return sys.Chdir("/")
+}
+
+// resolverFromPNP gives the guest the name servers the host passed in the kernel's ip=
+// argument: the kernel lists them in /proc/net/pnp ("nameserver A.B.C.D" lines, the
+// resolv.conf format). Without any, resolv.conf is left as the image has it (empty).
+func resolverFromPNP(pnp, resolvConf string) error {
+	b, err := os.ReadFile(pnp)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // no ip= configuration at all: no network
+	}
+	if err != nil {
+		return err
+	}
+	var out []byte
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && (f[0] == "nameserver" || f[0] == "domain") {
+			out = append(out, line+"\n"...)
+		}
+	}
+	if !strings.Contains(string(out), "nameserver") {
+		return nil
+	}
+	// The image's /etc/resolv.conf may be a symlink; the file is the guest's own now.
+	_ = os.Remove(resolvConf)
+	return os.WriteFile(resolvConf, out, 0o644)
 }

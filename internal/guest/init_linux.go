@@ -65,6 +65,9 @@ func Init(ctx context.Context, log *slog.Logger) (context.Context, KernelArgs, e
 	if err := configure(linuxSys{}, k, log); err != nil {
 		return ctx, KernelArgs{}, err
 	}
+	if err := resolverFromPNP("/proc/net/pnp", "/etc/resolv.conf"); err != nil {
+		log.Warn("resolv.conf", "err", err)
+	}
 	os.Setenv("PATH", defaultPath)
 	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	ctx, _ = signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -140,5 +141,32 @@ func TestReaperKeepsWorkloadStatus(t *testing.T) {
 		if ws := wait(); ws.ExitStatus() != i {
 			t.Fatalf("pid %d: status %d, want %d", pid, ws.ExitStatus(), i)
 		}
+	}
+}
+
+func TestResolverFromPNP(t *testing.T) {
+	dir := t.TempDir()
+	pnp, resolv := filepath.Join(dir, "pnp"), filepath.Join(dir, "resolv.conf")
+	os.WriteFile(resolv, nil, 0o644)
+
+	// No /proc/net/pnp (no ip= argument): nothing to do.
+	if err := resolverFromPNP(filepath.Join(dir, "absent"), resolv); err != nil {
+		t.Fatal(err)
+	}
+	// Manual configuration without name servers (policy host): resolv.conf untouched.
+	os.WriteFile(pnp, []byte("#MANUAL\n"), 0o644)
+	if err := resolverFromPNP(pnp, resolv); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(resolv); len(b) != 0 {
+		t.Fatalf("resolv.conf written without name servers: %q", b)
+	}
+	// What the kernel lists for ip=...:off:10.214.0.2:10.214.0.3.
+	os.WriteFile(pnp, []byte("#MANUAL\nnameserver 10.214.0.2\nnameserver 10.214.0.3\n"), 0o644)
+	if err := resolverFromPNP(pnp, resolv); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(resolv); string(b) != "nameserver 10.214.0.2\nnameserver 10.214.0.3\n" {
+		t.Fatalf("resolv.conf = %q", b)
 	}
 }

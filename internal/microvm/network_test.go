@@ -39,6 +39,7 @@ func TestNetworkQEMU(t *testing.T) {
 	m, err := network.New(context.Background(), network.Config{
 		StateDir: t.TempDir(), BinDir: nettest.PluginDir(t), Subnet: "10.213.78.0/24",
 		NetNSPrefix: prefix, HostNetNS: host,
+		DNS: []net.IP{net.ParseIP("10.214.0.2")}, // the peer's resolver, below
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -56,6 +57,8 @@ func TestNetworkQEMU(t *testing.T) {
 	peer := nettest.Peer(t, host, "10.214.0.1/30", "10.214.0.2/30")
 	peerLn := nettest.Listen(t, peer, "10.214.0.2:0")
 	go serveRemoteAddr(peerLn, "peer")
+	// The outside's resolver: every name is the peer.
+	nettest.ServeDNS(t, peer, "10.214.0.2:53", net.ParseIP("10.214.0.2"))
 
 	state := shortDir(t)
 	reg := prometheus.NewRegistry()
@@ -74,7 +77,9 @@ def get(u):
         return "ERR " + type(e).__name__ + " " + str(e)
 print("host=" + get("http://%s/"))
 print("peer=" + get("http://%s/"))
-`, hostLn.Addr(), peerLn.Addr())
+print("resolv=" + open("/etc/resolv.conf").read().strip().replace("\n", ";"))
+print("byname=" + get("http://outside.test:%d/"))
+`, hostLn.Addr(), peerLn.Addr(), peerLn.Addr().(*net.TCPAddr).Port)
 
 	run := func(t *testing.T, policy model.NetworkPolicy) (backend.Result, map[string]string) {
 		t.Helper()
@@ -108,6 +113,10 @@ print("peer=" + get("http://%s/"))
 		if !strings.HasPrefix(out["peer"], "ERR") {
 			t.Errorf("guest with policy host reached the outside: %q", out["peer"])
 		}
+		// A host-only guest is given no resolver it could not reach anyway.
+		if out["resolv"] != "" || !strings.HasPrefix(out["byname"], "ERR") {
+			t.Errorf("host-only guest: resolv %q, by name %q", out["resolv"], out["byname"])
+		}
 	})
 	t.Run("egress", func(t *testing.T) {
 		res, out := run(t, model.NetworkEgress)
@@ -118,6 +127,13 @@ print("peer=" + get("http://%s/"))
 		// Masqueraded: the peer sees the host's address on its link, not the guest's.
 		if out["peer"] != "peer saw 10.214.0.1" {
 			t.Errorf("guest → outside: %q, want %q", out["peer"], "peer saw 10.214.0.1")
+		}
+		// The resolver the host passed reached the guest, and names resolve through it.
+		if out["resolv"] != "nameserver 10.214.0.2" {
+			t.Errorf("guest resolv.conf: %q", out["resolv"])
+		}
+		if out["byname"] != "peer saw 10.214.0.1" {
+			t.Errorf("guest → outside by name: %q", out["byname"])
 		}
 	})
 	t.Run("none", func(t *testing.T) {

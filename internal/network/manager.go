@@ -1,10 +1,15 @@
 package network
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -30,6 +35,9 @@ type Config struct {
 	// HostNetNS is the path of the namespace the bridge, the NAT and the policy live in;
 	// "" is the namespace the Manager is created in.
 	HostNetNS string
+	// DNS are the name servers egress guests are told to use (at most two are passed).
+	// None: guests get no resolver.
+	DNS []net.IP
 	// Timeout bounds each CNI call and the teardown of a VM (default 30 s).
 	Timeout time.Duration
 	Logger  *slog.Logger
@@ -93,3 +101,27 @@ type Reclaimed struct {
 }
 
 func (r Reclaimed) total() int { return r.Attachments + r.NetNS + r.Veths + r.Leases + r.Rules }
+
+// HostDNS returns the IPv4 name servers listed in a resolv.conf that a guest can use:
+// loopback resolvers (a local stub such as 127.0.0.53) are the host's own and unreachable
+// from a guest, and guests have no IPv6.
+func HostDNS(resolvConf string) []net.IP {
+	b, err := os.ReadFile(resolvConf)
+	if err != nil || len(b) > 64<<10 {
+		return nil
+	}
+	var out []net.IP
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		ip := net.ParseIP(f[1]).To4()
+		if ip == nil || ip.IsLoopback() || ip.IsUnspecified() {
+			continue
+		}
+		out = append(out, ip)
+	}
+	return out
+}

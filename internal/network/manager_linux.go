@@ -216,7 +216,11 @@ func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkP
 	undo = append(undo, func(context.Context) error { return m.policy.removeVM(vmID) })
 
 	m.log.Debug("network attached", "vm", vmID, "policy", policy, "ip", a.guest, "cni_add", added, "total", time.Since(start))
-	return &vmm.Network{NetNS: path, TAP: a.tap, MAC: a.mac, GuestIP: a.guest, Gateway: a.gateway}, nil
+	n := &vmm.Network{NetNS: path, TAP: a.tap, MAC: a.mac, GuestIP: a.guest, Gateway: a.gateway}
+	if policy == model.NetworkEgress {
+		n.DNS = m.cfg.DNS
+	}
+	return n, nil
 }
 
 // Detach releases everything Attach acquired for vmID: its nft rules, CNI DEL (TAP, veth,

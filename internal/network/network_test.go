@@ -3,6 +3,8 @@ package network
 import (
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -177,5 +179,21 @@ func TestConfigValidation(t *testing.T) {
 		if checkVMID(id) == nil {
 			t.Errorf("VM id %q accepted", id)
 		}
+	}
+}
+
+func TestHostDNS(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(p, []byte("# generated\nnameserver 127.0.0.53\nnameserver 192.0.2.1\nsearch example\nnameserver ::1\nnameserver 2001:db8::1\nnameserver 192.0.2.2\n"), 0o644)
+	var got []string
+	for _, ip := range HostDNS(p) {
+		got = append(got, ip.String())
+	}
+	// Loopback stubs and IPv6 are useless to a guest.
+	if strings.Join(got, ",") != "192.0.2.1,192.0.2.2" {
+		t.Errorf("HostDNS = %v", got)
+	}
+	if HostDNS(filepath.Join(t.TempDir(), "absent")) != nil {
+		t.Error("servers from a missing file")
 	}
 }

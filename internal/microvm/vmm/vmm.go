@@ -35,6 +35,9 @@ type Network struct {
 	MAC     string // guest MAC
 	GuestIP *net.IPNet
 	Gateway net.IP
+	// DNS are up to two name servers the guest uses (egress only: a host-only guest can
+	// reach nothing else).
+	DNS []net.IP
 }
 
 // KernelIPArg is the guest kernel's static configuration of eth0 (CONFIG_IP_PNP):
@@ -48,7 +51,16 @@ func (n *Network) KernelIPArg() string {
 	if len(mask) == net.IPv6len {
 		mask = mask[12:] // an IPv4 mask in 16-byte form
 	}
-	return "ip=" + n.GuestIP.IP.String() + "::" + n.Gateway.String() + ":" + net.IP(mask).String() + "::eth0:off"
+	arg := "ip=" + n.GuestIP.IP.String() + "::" + n.Gateway.String() + ":" + net.IP(mask).String() + "::eth0:off"
+	// The kernel's dns0/dns1 fields: it lists them in /proc/net/pnp, which the agent
+	// turns into /etc/resolv.conf.
+	for i, ip := range n.DNS {
+		if i == 2 {
+			break
+		}
+		arg += ":" + ip.String()
+	}
+	return arg
 }
 
 // Driver starts VMs with one VMM.

@@ -23,6 +23,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 
 	"github.com/vulcanhq/vulcan/internal/testenv"
@@ -211,4 +212,59 @@ func PluginDir(t testing.TB) string {
 		t.Fatal(pluginsErr)
 	}
 	return pluginsDir
+}
+
+// ServeDNS answers every A query that reaches addr (UDP, inside the namespace at path)
+// with answer: a stand-in for the outside world's resolver in egress tests.
+func ServeDNS(t testing.TB, path, addr string, answer net.IP) {
+	t.Helper()
+	var pc net.PacketConn
+	Do(t, path, func() (err error) {
+		pc, err = net.ListenPacket("udp4", addr)
+		return err
+	})
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if resp, err := dnsAnswer(buf[:n], answer); err == nil {
+				_, _ = pc.WriteTo(resp, from)
+			}
+		}
+	}()
+}
+
+func dnsAnswer(query []byte, answer net.IP) ([]byte, error) {
+	var p dnsmessage.Parser
+	h, err := p.Start(query)
+	if err != nil {
+		return nil, err
+	}
+	q, err := p.Question()
+	if err != nil {
+		return nil, err
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired})
+	b.EnableCompression()
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(q); err != nil {
+		return nil, err
+	}
+	if err := b.StartAnswers(); err != nil {
+		return nil, err
+	}
+	if q.Type == dnsmessage.TypeA {
+		var a [4]byte
+		copy(a[:], answer.To4())
+		if err := b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: a}); err != nil {
+			return nil, err
+		}
+	}
+	return b.Finish()
 }

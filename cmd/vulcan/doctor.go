@@ -34,6 +34,7 @@ func doctorCommand() *cobra.Command {
 				StateDir:       vmStateDir(cfg),
 				FirecrackerBin: cfg.FirecrackerBin,
 				QEMUBin:        cfg.QEMUBin,
+				CNIBinDir:      cniBinDir(cfg),
 			}
 			if !noProbe {
 				qemuBin := cfg.QEMUBin
@@ -64,7 +65,7 @@ func doctorCommand() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().BoolVar(&noProbe, "no-probe", false, "skip the KVM test boot")
-	config.RegisterFlags(cmd.Flags(), "data-dir", "images-dir", "firecracker-bin", "qemu-bin")
+	config.RegisterFlags(cmd.Flags(), "data-dir", "images-dir", "firecracker-bin", "qemu-bin", "cni-bin-dir")
 	return cmd
 }
 

@@ -190,8 +190,8 @@ func (o *Options) networkChecks(ctx context.Context) []Check {
 	}
 	out = append(out, nft)
 	if o.CNIBinDir != "" {
-		c := Check{Name: "cni plugins", OK: true, Detail: "bridge, host-local, vulcan-tap in " + o.CNIBinDir}
-		for _, p := range []string{"bridge", "host-local", "vulcan-tap"} {
+		c := Check{Name: "cni plugins", OK: true, Detail: "bridge, host-local, vulcan-cni-tap in " + o.CNIBinDir}
+		for _, p := range []string{"bridge", "host-local", "vulcan-cni-tap"} {
 			if st, err := os.Stat(filepath.Join(o.CNIBinDir, p)); err != nil || st.Mode()&0o111 == 0 {
 				c.OK, c.Detail, c.Fix = false, "missing "+filepath.Join(o.CNIBinDir, p), "make build"
 				break

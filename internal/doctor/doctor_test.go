@@ -132,3 +132,19 @@ func TestDoctorKVMProbeFailure(t *testing.T) {
 		t.Errorf("vmm = %q microvm = %v", r.VMM, r.MicroVM)
 	}
 }
+
+func TestDoctorCNIPlugins(t *testing.T) {
+	o := fakeRoot(t, protocol.Version, "kernel", "python")
+	o.LookPath, o.Output = bins("qemu-system-x86_64", "ip", "nft")
+	o.CNIBinDir = t.TempDir()
+	for _, p := range []string{"bridge", "host-local"} {
+		os.WriteFile(filepath.Join(o.CNIBinDir, p), []byte("#!/bin/sh\n"), 0o755)
+	}
+	if c := find(Run(context.Background(), o), "cni plugins"); c.OK || !strings.Contains(c.Detail, "vulcan-cni-tap") || c.Fix != "make build" {
+		t.Errorf("without our TAP plugin: %+v", c)
+	}
+	os.WriteFile(filepath.Join(o.CNIBinDir, "vulcan-cni-tap"), []byte("#!/bin/sh\n"), 0o755)
+	if c := find(Run(context.Background(), o), "cni plugins"); !c.OK {
+		t.Errorf("with all plugins: %+v", c)
+	}
+}

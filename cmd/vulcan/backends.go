@@ -24,6 +24,7 @@ func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Regi
 	mcfg := microvm.Config{
 		ImagesDir: cfg.ImagesDir,
 		StateDir:  vmStateDir(cfg),
+		ScratchMB: cfg.ScratchMB,
 		Logger:    log,
 		Metrics:   metrics,
 	}

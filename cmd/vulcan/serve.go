@@ -37,7 +37,7 @@ func serveCommand() *cobra.Command {
 		},
 	}
 	config.RegisterFlags(cmd.Flags(), "listen", "data-dir", "images-dir", "max-concurrent", "queue-size", "output-limit",
-		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "network-dns", "cni-bin-dir", "log-level", "shutdown-timeout")
+		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "network-dns", "scratch-mb", "cni-bin-dir", "log-level", "shutdown-timeout")
 	return cmd
 }
 

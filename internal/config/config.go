@@ -33,6 +33,7 @@ type Config struct {
 	QEMUAccel       string        // VULCAN_QEMU_ACCEL: auto | kvm | tcg
 	NetworkSubnet   string        // VULCAN_NETWORK_SUBNET: private IPv4 range for guests (one /24 of 10.213.0.0/16 per host)
 	NetworkDNS      string        // VULCAN_NETWORK_DNS: name servers for egress guests, "host" (from /etc/resolv.conf) or "none"
+	ScratchMB       int           // VULCAN_SCRATCH_MB: each VM's sparse scratch disk for its writes; 0 = in guest memory
 	CNIBinDir       string        // VULCAN_CNI_BIN_DIR: CNI plugins (default: cni/ next to the vulcan binary)
 	LogLevel        slog.Level    // VULCAN_LOG_LEVEL: debug | info | warn | error
 	ShutdownTimeout time.Duration // VULCAN_SHUTDOWN_TIMEOUT: how long SIGTERM waits for running workloads
@@ -115,6 +116,7 @@ var settings = []setting{
 		c.NetworkDNS = v
 		return nil
 	}, func(c *Config) string { return c.NetworkDNS }}),
+	entry("VULCAN_SCRATCH_MB", "scratch-mb", "size of each VM's scratch disk, where the guest's writes go (a sparse file: it costs what is written); 0 keeps them in the VM's memory", num(func(c *Config) *int { return &c.ScratchMB }, 0)),
 	entry("VULCAN_CNI_BIN_DIR", "cni-bin-dir", "directory of the CNI plugins bridge, host-local and vulcan-cni-tap (default: cni/ next to the vulcan binary)", str(func(c *Config) *string { return &c.CNIBinDir })),
 	entry("VULCAN_LOG_LEVEL", "log-level", "debug, info, warn or error", field{func(c *Config, v string) error {
 		return c.LogLevel.UnmarshalText([]byte(v))
@@ -149,6 +151,7 @@ func Default() *Config {
 		QEMUAccel:       "auto",
 		NetworkSubnet:   "10.213.0.0/24",
 		NetworkDNS:      "host",
+		ScratchMB:       2048,
 		LogLevel:        slog.LevelInfo,
 		ShutdownTimeout: 30 * time.Second,
 		Server:          "http://127.0.0.1:8080",

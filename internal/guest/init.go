@@ -22,6 +22,9 @@ type sysOps interface {
 	Sethostname(name string) error
 	LinkUp(name string) error
 	RootReadOnly() (bool, error)
+	// ScratchDevice returns the block device of the scratch disk the host attached
+	// (ext4 labelled protocol.ScratchLabel), "" when there is none.
+	ScratchDevice() string
 }
 
 // overlayDir is where the writable root is assembled: /tmp exists in every
@@ -35,8 +38,10 @@ func setupSystem(sys sysOps, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("statfs /: %w", err)
 	}
+	scratch := ""
 	if ro {
-		if err := overlayRoot(sys); err != nil {
+		scratch = sys.ScratchDevice()
+		if err := overlayRoot(sys, scratch); err != nil {
 			return fmt.Errorf("writable root: %w", err)
 		}
 	}
@@ -55,6 +60,9 @@ func setupSystem(sys sysOps, log *slog.Logger) error {
 		{"tmpfs", "/run", "tmpfs", nosuid | nodev, "mode=0755"},
 		{"tmpfs", "/tmp", "tmpfs", nosuid | nodev, "mode=1777"},
 	} {
+		if m.target == "/tmp" && scratch != "" {
+			continue // /tmp stays on the scratch disk with the rest of the writable root
+		}
 		if err := sys.Mkdir(m.target, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("mkdir %s: %w", m.target, err)
 		}
@@ -85,12 +93,18 @@ func configure(sys sysOps, k KernelArgs, log *slog.Logger) error {
 	return nil
 }
 
-// overlayRoot stacks a tmpfs over the read-only root and moves into the
-// merged tree, so that the workload can write anywhere (the prewarmed
+// overlayRoot stacks a writable layer over the read-only root and moves into
+// the merged tree, so that the workload can write anywhere (the prewarmed
 // /var/cache/go-build, /home) copy-on-write while the base image, shared
 // by every VM, stays untouched.
-func overlayRoot(sys sysOps) error {
-	if err := sys.Mount("tmpfs", overlayDir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755"); err != nil {
+func overlayRoot(sys sysOps, scratch string) error {
+	// The writable layer goes on the host's scratch disk when there is one (sized on
+	// the host, sparse there), else in a tmpfs, i.e. in the VM's memory.
+	if dev := scratch; dev != "" {
+		if err := sys.Mount(dev, overlayDir, "ext4", syscall.MS_NOSUID|syscall.MS_NODEV, ""); err != nil {
+			return fmt.Errorf("scratch disk %s: %w", dev, err)
+		}
+	} else if err := sys.Mount("tmpfs", overlayDir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755"); err != nil {
 		return err
 	}
 	for _, d := range []string{"upper", "work", "merged"} {
@@ -138,4 +152,25 @@ func resolverFromPNP(pnp, resolvConf string) error {
 	// The image's /etc/resolv.conf may be a symlink; the file is the guest's own now.
 	_ = os.Remove(resolvConf)
 	return os.WriteFile(resolvConf, out, 0o644)
+}
+
+// findExt4Label returns the first of devs holding an ext4 filesystem labelled label: the
+// superblock sits at byte 1024, its magic 0xEF53 at +56, its 16-byte volume name at +120.
+func findExt4Label(devs []string, label string) string {
+	for _, dev := range devs {
+		f, err := os.Open(dev)
+		if err != nil {
+			continue
+		}
+		sb := make([]byte, 1024)
+		n, _ := f.ReadAt(sb, 1024)
+		f.Close()
+		if n < 136 || sb[56] != 0x53 || sb[57] != 0xEF {
+			continue
+		}
+		if name := strings.TrimRight(string(sb[120:136]), "\x00"); name == label {
+			return dev
+		}
+	}
+	return ""
 }

@@ -5,10 +5,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vulcanhq/vulcan/internal/protocol"
 )
 
 type linuxSys struct{}
@@ -45,6 +48,12 @@ func (linuxSys) LinkUp(name string) error {
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+func (linuxSys) ScratchDevice() string {
+	// The kernel mounted devtmpfs on /dev (DEVTMPFS_MOUNT) before starting init.
+	devs, _ := filepath.Glob("/dev/vd[a-z]")
+	return findExt4Label(devs, protocol.ScratchLabel)
 }
 
 // IsInit reports whether the agent is PID 1.

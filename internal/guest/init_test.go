@@ -10,12 +10,15 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/vulcanhq/vulcan/internal/protocol"
 )
 
 // recordingSys records what PID 1 setup would do.
 type recordingSys struct {
-	ro    bool
-	calls []string
+	ro      bool
+	scratch string
+	calls   []string
 }
 
 func (r *recordingSys) add(f string, a ...any) error {
@@ -32,6 +35,7 @@ func (r *recordingSys) Chroot(path string) error             { return r.add("chr
 func (r *recordingSys) Sethostname(name string) error        { return r.add("hostname %s", name) }
 func (r *recordingSys) LinkUp(name string) error             { return r.add("up %s", name) }
 func (r *recordingSys) RootReadOnly() (bool, error)          { return r.ro, nil }
+func (r *recordingSys) ScratchDevice() string                { return r.scratch }
 
 const pseudoMounts = `mkdir /proc
 mount proc /proc proc 0xe ""
@@ -56,12 +60,23 @@ up lo`
 
 func TestSetupSystem(t *testing.T) {
 	cases := []struct {
-		name string
-		ro   bool
-		want string
+		name    string
+		ro      bool
+		scratch string
+		want    string
 	}{
-		{"writable root", false, pseudoMounts},
-		{"read-only root gets an overlay", true, `mount tmpfs /tmp tmpfs 0x6 "mode=0755"
+		{"writable root", false, "", pseudoMounts},
+		{"read-only root with a scratch disk: the overlay's upper layer on it", true, "/dev/vdb", `mount /dev/vdb /tmp ext4 0x6 ""
+mkdir /tmp/upper
+mkdir /tmp/work
+mkdir /tmp/merged
+mount overlay /tmp/merged overlay 0x0 "lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work"
+chdir /tmp/merged
+mount . / ` + " " + `0x2000 ""
+chroot .
+chdir /
+` + strings.Replace(pseudoMounts, "mkdir /tmp\nmount tmpfs /tmp tmpfs 0x6 \"mode=1777\"\n", "", 1)},
+		{"read-only root gets an overlay", true, "", `mount tmpfs /tmp tmpfs 0x6 "mode=0755"
 mkdir /tmp/upper
 mkdir /tmp/work
 mkdir /tmp/merged
@@ -74,7 +89,7 @@ chdir /
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			sys := &recordingSys{ro: tc.ro}
+			sys := &recordingSys{ro: tc.ro, scratch: tc.scratch}
 			log := slog.New(slog.DiscardHandler)
 			if err := setupSystem(sys, log); err != nil {
 				t.Fatal(err)
@@ -168,5 +183,29 @@ func TestResolverFromPNP(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(resolv); string(b) != "nameserver 10.214.0.2\nnameserver 10.214.0.3\n" {
 		t.Fatalf("resolv.conf = %q", b)
+	}
+}
+
+// The scratch disk is found by its ext4 label, whatever order the devices come in.
+func TestFindExt4Label(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name, label string, magic bool) string {
+		b := make([]byte, 4096)
+		if magic {
+			b[1024+56], b[1024+57] = 0x53, 0xEF
+		}
+		copy(b[1024+120:], label)
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o644)
+		return p
+	}
+	root := mk("vda", "vulcan-python", true)
+	fake := mk("vdb", protocol.ScratchLabel, false) // right name, not ext4
+	scratch := mk("vdc", protocol.ScratchLabel, true)
+	if got := findExt4Label([]string{root, fake, scratch}, protocol.ScratchLabel); got != scratch {
+		t.Errorf("found %q, want %q", got, scratch)
+	}
+	if got := findExt4Label([]string{root, filepath.Join(dir, "absent")}, protocol.ScratchLabel); got != "" {
+		t.Errorf("found %q without a scratch disk", got)
 	}
 }

@@ -33,9 +33,12 @@ type Config struct {
 	BootTimeout time.Duration
 	// ConsoleLimit caps each VM's console log.
 	ConsoleLimit int64
-	Limits       model.Limits
-	Logger       *slog.Logger
-	Metrics      prometheus.Registerer
+	// ScratchMB sizes each VM's scratch disk, where the guest's writes go (sparse: it
+	// costs what is written). 0 puts them in a tmpfs, i.e. in the VM's memory.
+	ScratchMB int
+	Limits    model.Limits
+	Logger    *slog.Logger
+	Metrics   prometheus.Registerer
 	// Networker gives VMs with network policy host or egress a NIC. When nil, such
 	// workloads fail with ErrUnavailable and NetworkUnavailable as the reason.
 	Networker          Networker
@@ -294,6 +297,13 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		Args:         []string{"vulcan.hostname=vulcan", network.KernelIPArg()},
 		Network:      network,
 		ConsoleLimit: b.cfg.ConsoleLimit,
+	}
+	if b.cfg.ScratchMB > 0 {
+		// In the VM dir: its removal (registered above) releases it.
+		cfg.Scratch = filepath.Join(v.dir, "scratch.ext4")
+		if err := CreateScratch(ctx, cfg.Scratch, b.cfg.ScratchMB); err != nil {
+			return v, err
+		}
 	}
 	bootCtx, cancel := context.WithTimeout(ctx, b.cfg.BootTimeout)
 	defer cancel()

@@ -44,7 +44,8 @@ func newHarness(t *testing.T, imagesDir string, resolve func() (vmm.Driver, erro
 	t.Helper()
 	state := shortDir(t)
 	reg := prometheus.NewRegistry()
-	b, err := New(Config{ImagesDir: imagesDir, StateDir: state, Metrics: reg, BootTimeout: 90 * time.Second}, resolve)
+	// As served: each VM gets a scratch disk for its writes.
+	b, err := New(Config{ImagesDir: imagesDir, StateDir: state, Metrics: reg, BootTimeout: 90 * time.Second, ScratchMB: 1024}, resolve)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,6 +271,18 @@ func runConformance(t *testing.T, h *harness, runtimes []model.Runtime) {
 		}
 		if res.ExitCode == 0 || strings.Contains(rec.text(model.Stdout), "allocated") {
 			t.Fatalf("allocation past the VM's memory succeeded: exit %d stdout %q", res.ExitCode, rec.text(model.Stdout))
+		}
+	})
+
+	t.Run("writes_go_to_the_scratch_disk", func(t *testing.T) {
+		if h.emulated {
+			t.Skip("emulated VMM: the guest writes to the host's disk")
+		}
+		// 300 MiB written by a guest with 256 MiB of memory: only a disk can hold it.
+		code := "import os\nwith open('big', 'wb') as f:\n    for _ in range(300):\n        f.write(b'x' * (1 << 20))\nprint(os.path.getsize('big') >> 20)\n"
+		res, rec, err := h.run(t, ctx, h.job(model.RuntimePython, code))
+		if err != nil || res.ExitCode != 0 || rec.text(model.Stdout) != "300" {
+			t.Fatalf("err %v exit %d stdout %q stderr %q", err, res.ExitCode, rec.text(model.Stdout), rec.text(model.Stderr))
 		}
 	})
 

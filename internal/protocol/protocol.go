@@ -33,6 +33,11 @@ const Version = 1
 // fields).
 const MaxFrameSize = 16 << 20
 
+// ScratchLabel is the ext4 label of a VM's scratch disk, when the host attaches one: the
+// agent finds it by this label (not by device order) and puts the guest's writable layer
+// on it instead of in memory.
+const ScratchLabel = "vulcan-scratch"
+
 const headerSize = 4
 
 // Sentinel errors. Everything returned by this package that concerns the

@@ -154,6 +154,14 @@ func (d *Driver) SDKConfig(cfg vmm.Config) sdk.Config {
 		// handling stops the VMs by escalation.
 		ForwardSignals: []os.Signal{},
 	}
+	if cfg.Scratch != "" {
+		c.Drives = append(c.Drives, models.Drive{
+			DriveID:      sdk.String("scratch"),
+			PathOnHost:   sdk.String(cfg.Scratch),
+			IsRootDevice: sdk.Bool(false),
+			IsReadOnly:   sdk.Bool(false),
+		})
+	}
 	if n := cfg.Network; n != nil {
 		// The backend adds ip= to the kernel arguments itself; the SDK gets only the TAP.
 		c.NetworkInterfaces = sdk.NetworkInterfaces{{

@@ -96,6 +96,11 @@ func (d *Driver) Argv(cfg vmm.Config) []string {
 		"-chardev", "socket,id=agent,path=" + AgentSocket(cfg.Dir),
 		"-device", "virtserialport,chardev=agent,name=" + AgentPortName,
 	}
+	if cfg.Scratch != "" {
+		args = append(args,
+			"-drive", "id=scratch,file="+cfg.Scratch+",format=raw,if=none,discard=unmap",
+			"-device", "virtio-blk-device,drive=scratch")
+	}
 	if n := cfg.Network; n != nil {
 		args = append(args,
 			"-netdev", "tap,id=net0,ifname="+n.TAP+",script=no,downscript=no",

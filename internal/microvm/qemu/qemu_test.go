@@ -38,6 +38,11 @@ func TestArgv(t *testing.T) {
 	if got := strings.Join(New("q", AccelKVM).Argv(cfg), " "); !strings.Contains(got, "-accel kvm -cpu host") {
 		t.Errorf("kvm argv: %s", got)
 	}
+	cfg.Scratch = "/s/wl1/scratch.ext4"
+	if got := strings.Join(d.Argv(cfg), " "); !strings.HasSuffix(got, " -device virtserialport,chardev=agent,name=vulcan.agent "+
+		"-drive id=scratch,file=/s/wl1/scratch.ext4,format=raw,if=none,discard=unmap -device virtio-blk-device,drive=scratch") {
+		t.Errorf("scratch disk argv: %s", got)
+	}
 }
 
 // A cached verdict is reused only for the same QEMU, kernel and boot.

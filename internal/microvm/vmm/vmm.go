@@ -15,10 +15,13 @@ var ErrNotAvailable = errors.New("vmm not available")
 
 // Config is one VM to boot.
 type Config struct {
-	ID      string // VM id, unique per host; also names the state dir
-	Dir     string // per-VM state dir, owned by the backend: sockets, logs, pid file
-	Kernel  string // uncompressed ELF vmlinux
-	RootFS  string // ext4 image, attached read-only and shared by every VM
+	ID     string // VM id, unique per host; also names the state dir
+	Dir    string // per-VM state dir, owned by the backend: sockets, logs, pid file
+	Kernel string // uncompressed ELF vmlinux
+	RootFS string // ext4 image, attached read-only and shared by every VM
+	// Scratch, when set, is the VM's own empty ext4 image (sparse, in Dir), attached
+	// read-write: the agent puts the writable layer over the read-only root on it.
+	Scratch string
 	CPUs    int
 	MemMB   int
 	CID     uint32   // guest vsock context id

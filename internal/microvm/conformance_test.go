@@ -201,7 +201,9 @@ func runConformance(t *testing.T, h *harness, runtimes []model.Runtime) {
 	})
 
 	t.Run("streams_live_and_in_order", func(t *testing.T) {
-		code := "import sys, time\nprint('one', flush=True)\nprint('two', file=sys.stderr, flush=True)\ntime.sleep(1.5)\nprint('three', flush=True)\n"
+		// stdout and stderr are two pipes: lines written within microseconds of each other
+		// on different streams have no defined order, so these are half a second apart.
+		code := "import sys, time\nprint('one', flush=True)\ntime.sleep(0.5)\nprint('two', file=sys.stderr, flush=True)\ntime.sleep(1.5)\nprint('three', flush=True)\n"
 		res, rec, err := h.run(t, ctx, h.job(model.RuntimePython, code))
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("err %v exit %d", err, res.ExitCode)

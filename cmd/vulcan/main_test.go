@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,14 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
-	"github.com/vulcanhq/vulcan/internal/store"
 	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
@@ -38,31 +32,7 @@ func cli(t *testing.T, server string, args ...string) (stdout, stderr string, er
 
 // fakeServer is the real API and engine over the fake backend, in-process.
 func fakeServer(t *testing.T, fake *backendtest.Fake) string {
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := backend.NewRegistry()
-	reg.Register(fake)
-	quiet := slog.New(slog.DiscardHandler)
-	e, err := engine.New(context.Background(), engine.Options{Store: st, Registry: reg, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := api.New(api.Options{Engine: e, Registry: reg, Logger: quiet, Gatherer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() {
-		hs.CloseClientConnections()
-		hs.Close()
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		e.Shutdown(ctx)
-		st.Close()
-	})
-	return hs.URL
+	return backendtest.NewStack(t, engine.Config{}, fake, nil).URL
 }
 
 func TestCLIRunPrintsOutputAndExitCode(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -36,36 +35,10 @@ type testServer struct {
 
 func newServer(t testing.TB, cfg engine.Config, fake *backendtest.Fake, token string) *testServer {
 	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := backend.NewRegistry()
-	if fake != nil {
-		reg.Register(fake)
-	} else {
-		reg.Missing("microvm", "microvm: no kernel image; run `make images`")
-	}
-	quiet := slog.New(slog.DiscardHandler)
-	promReg := prometheus.NewRegistry()
-	e, err := engine.New(context.Background(), engine.Options{Config: cfg, Store: st, Registry: reg, Metrics: promReg, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := api.New(api.Options{Engine: e, Registry: reg, Token: token, Logger: quiet, Metrics: promReg, Gatherer: promReg, Heartbeat: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() {
-		hs.CloseClientConnections()
-		hs.Close()
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		e.Shutdown(ctx)
-		st.Close()
+	s := backendtest.NewStack(t, cfg, fake, func(o *api.Options) {
+		o.Token, o.Heartbeat = token, 50*time.Millisecond
 	})
-	return &testServer{Server: hs, fake: fake, st: st, token: token}
+	return &testServer{Server: s.Server, fake: fake, st: s.Store, token: token}
 }
 
 func (ts *testServer) do(t testing.TB, method, path string, body any, hdr ...string) (*http.Response, []byte) {

@@ -250,7 +250,7 @@ func execFor(job backend.Job) *protocol.Exec {
 // waits for the agent's hello. The returned vm (even with an error) must be torn down.
 func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS) (*vm, error) {
 	id := job.WorkloadID
-	v := &vm{b: b, id: id, workloadID: job.WorkloadID, driver: driver, kernel: kernel, rootfs: rootfs}
+	v := &vm{b: b, id: id, driver: driver, kernel: kernel, rootfs: rootfs}
 	b.mu.Lock()
 	if b.vms[id] != nil {
 		b.mu.Unlock()
@@ -365,21 +365,20 @@ func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.Network
 
 // vm is one workload's machine and everything it holds.
 type vm struct {
-	b          *Backend
-	id         string
-	workloadID string
-	driver     vmm.Driver
-	kernel     *images.Kernel
-	rootfs     *images.RootFS
-	dir        string
-	cid        uint32
-	network    *vmm.Network // nil: no NIC
-	machine    vmm.Machine
-	agent      *protocol.Conn
-	hello      *protocol.Hello
-	started    time.Time
-	bootTime   time.Duration
-	cleanup    cleanupStack
+	b        *Backend
+	id       string
+	driver   vmm.Driver
+	kernel   *images.Kernel
+	rootfs   *images.RootFS
+	dir      string
+	cid      uint32
+	network  *vmm.Network // nil: no NIC
+	machine  vmm.Machine
+	agent    *protocol.Conn
+	hello    *protocol.Hello
+	started  time.Time
+	bootTime time.Duration
+	cleanup  cleanupStack
 }
 
 // teardown runs the VM's cleanup stack once; later calls return its first result.

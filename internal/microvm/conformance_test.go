@@ -33,8 +33,6 @@ type harness struct {
 	reg   *prometheus.Registry
 	state string
 	vmm   string
-	// slow scales timeouts: TCG boots and runs the guest many times slower than KVM.
-	slow time.Duration
 	// emulated: the "VM" is a simulator running the agent on the host (fcsim), so what
 	// only guest hardware shows (vCPU count, MemTotal) cannot be asserted.
 	emulated bool
@@ -53,7 +51,7 @@ func newHarness(t *testing.T, imagesDir string, resolve func() (vmm.Driver, erro
 	if err != nil {
 		t.Fatalf("driver: %v", err)
 	}
-	return &harness{b: b, reg: reg, state: state, vmm: d.Name(), slow: time.Second}
+	return &harness{b: b, reg: reg, state: state, vmm: d.Name()}
 }
 
 func shortDir(t *testing.T) string {

@@ -26,15 +26,6 @@ type DriverOptions struct {
 // (firecracker_wiring.go) so that the SDK stays behind one seam.
 var firecrackerDriver func(opts DriverOptions) vmm.Driver
 
-// KVMUsable reports whether /dev/kvm can be opened for VMs, and if not, why.
-func KVMUsable() error {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("/dev/kvm: %w", err)
-	}
-	return f.Close()
-}
-
 // ResolveDriver returns the function New uses to pick the driver: for auto, Firecracker
 // when /dev/kvm and its binary are usable (and, where QEMU can check, KVM really runs a
 // guest), else QEMU when present, else an error naming what is missing for both.
@@ -50,7 +41,7 @@ func ResolveDriver(opts DriverOptions) func() (vmm.Driver, error) {
 			if firecrackerDriver == nil {
 				return fmt.Errorf("%w: firecracker driver not built into this binary", vmm.ErrNotAvailable)
 			}
-			if err := KVMUsable(); err != nil {
+			if err := vmm.KVMUsable(); err != nil {
 				return fmt.Errorf("%w: firecracker needs KVM: %v", vmm.ErrNotAvailable, err)
 			}
 			if _, err := exec.LookPath(opts.FirecrackerBin); err != nil {

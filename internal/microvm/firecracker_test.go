@@ -173,7 +173,7 @@ func TestResolveFirecracker(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, err := ResolveDriver(DriverOptions{VMM: "firecracker", FirecrackerBin: fake})()
-	if kvm := KVMUsable(); kvm != nil {
+	if kvm := vmm.KVMUsable(); kvm != nil {
 		if err == nil || !strings.Contains(err.Error(), "KVM") {
 			t.Fatalf("without KVM (%v): err %v, want one naming KVM", kvm, err)
 		}

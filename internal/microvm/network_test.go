@@ -67,7 +67,7 @@ func TestNetworkQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{b: b, reg: reg, state: state, vmm: "qemu", slow: time.Second}
+	h := &harness{b: b, reg: reg, state: state, vmm: "qemu"}
 
 	code := fmt.Sprintf(`import urllib.request
 def get(u):

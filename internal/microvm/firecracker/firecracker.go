@@ -68,7 +68,7 @@ func New(opts Options) *Driver {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.KVMCheck == nil {
-		opts.KVMCheck = openKVM
+		opts.KVMCheck = vmm.KVMUsable
 	}
 	return &Driver{opts: opts}
 }
@@ -90,14 +90,6 @@ func (d *Driver) Available() error {
 		}
 	}
 	return nil
-}
-
-func openKVM() error {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	return f.Close()
 }
 
 func (j *Jailer) bin() string {

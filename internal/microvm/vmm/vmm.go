@@ -6,7 +6,9 @@ package vmm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"strings"
 )
 
@@ -105,4 +107,14 @@ func KernelArgs(parts ...[]string) string {
 		}
 	}
 	return strings.Join(out, " ")
+}
+
+// KVMUsable reports whether /dev/kvm can be opened for VMs, and if not, why. (Whether KVM
+// can really run a guest is the QEMU driver's test boot's question.)
+func KVMUsable() error {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("/dev/kvm: %w", err)
+	}
+	return f.Close()
 }

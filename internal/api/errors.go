@@ -8,6 +8,7 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/model"
 )
 
 // errUnauthorized and errNotFoundRoute are the API's own failures, mapped like the
@@ -66,9 +67,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="vulcan"`)
 	}
 	detail := ErrorDetail{Code: code, Message: msg}
-	var fe *fieldError
+	var fe *model.FieldError
 	if public && errors.As(err, &fe) {
-		detail.Field = fe.field
+		detail.Field = fe.Field
 	}
 	writeJSON(w, status, ErrorBody{Error: detail})
 }

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"encoding/base64"
+	"regexp"
 	"testing"
 
 	"github.com/vulcanhq/vulcan/internal/api"
@@ -41,6 +42,35 @@ func TestValidationErrorsNameTheField(t *testing.T) {
 		_, data := ts.do(t, "POST", "/v1/workloads", body)
 		if e := decode[api.ErrorBody](t, data); e.Error.Field != "" {
 			t.Errorf("%s: field %q in %s", body, e.Error.Field, data)
+		}
+	}
+}
+
+// Decoding errors speak JSON, not Go: no type names, no struct paths.
+func TestDecodeErrorsDoNotLeakGoTypes(t *testing.T) {
+	ts := newServer(t, engine.Config{}, &backendtest.Fake{}, "")
+	goWords := regexp.MustCompile(`model\.|Go (struct|value)|\bint\b|uint8|map\[|\bSpec\b|unmarshal`)
+	for body, field := range map[string]string{
+		`[]`:                              "",
+		`"x"`:                             "",
+		`42`:                              "",
+		`{"runtime":5,"code":"x"}`:        "runtime",
+		`{"runtime":"go","resources":[]}`: "resources",
+		`{"runtime":"go","resources":{"cpus":1.5}}`:   "resources.cpus",
+		`{"runtime":"go","resources":{"cpus":1e400}}`: "resources.cpus",
+		`{"runtime":"go","env":{"A":1}}`:              "env",
+		`{"runtime":"go","env":[]}`:                   "env",
+		`{"runtime":"go","code_archive":5}`:           "code_archive",
+		`{"runtime":"go","code":"x","entrypoint":5}`:  "entrypoint",
+		`{"runtime":"go","code":"x","entrypoint":""}`: "entrypoint",
+		`{"runtime":"go","code":"x","bogus":1}`:       "",
+		`{"runtime":"go","code":"x"`:                  "",
+		`{"runtime":}`:                                "",
+	} {
+		resp, data := ts.do(t, "POST", "/v1/workloads", body)
+		e := decode[api.ErrorBody](t, data)
+		if resp.StatusCode != 400 || e.Error.Code != "invalid_request" || e.Error.Field != field || goWords.MatchString(e.Error.Message) {
+			t.Errorf("%s: %d %s, want field %q and no Go in the message", body, resp.StatusCode, data, field)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -198,32 +199,104 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 }
 
 // decodeSpec reads a submission; every failure wraps engine.ErrInvalid (or is the
-// MaxBytesError) so it maps to a 4xx with a message that names the problem.
+// MaxBytesError) so it maps to a 4xx with a message that names the problem in JSON's
+// terms, never Go's, and a *model.FieldError when one field is at fault.
 func decodeSpec(w http.ResponseWriter, r *http.Request) (model.Spec, error) {
-	var spec model.Spec
+	// Entrypoint shadows the spec's own so that an explicit "" (which the spec cannot tell
+	// from an absent field, the runtime's default) is refused rather than defaulted.
+	var req struct {
+		model.Spec
+		Entrypoint *string `json:"entrypoint,omitempty"`
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(&spec)
+	err := dec.Decode(&req)
 	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
 		err = errors.New("unexpected data after the JSON object")
 	}
+	spec := req.Spec
 	if err == nil {
+		if req.Entrypoint != nil {
+			if *req.Entrypoint == "" {
+				return spec, invalidField("entrypoint", "entrypoint is empty; name the file to run, or leave the field out for the runtime's default")
+			}
+			spec.Entrypoint = *req.Entrypoint
+		}
 		return spec, nil
 	}
 	var tooBig *http.MaxBytesError
 	var b64 base64.CorruptInputError
 	var typ *json.UnmarshalTypeError
+	var syntax *json.SyntaxError
 	switch {
 	case errors.As(err, &tooBig):
 		return spec, err
 	case errors.As(err, &b64):
-		return spec, &fieldError{"code_archive", fmt.Errorf("%w: code_archive is not valid base64 (%v)", engine.ErrInvalid, err)}
+		return spec, invalidField("code_archive", "code_archive is not valid base64 (bad byte at offset %d)", int64(b64))
 	case errors.As(err, &typ):
-		return spec, &fieldError{typ.Field, fmt.Errorf("%w: field %s must be %s, not a JSON %s", engine.ErrInvalid, typ.Field, typ.Type, typ.Value)}
+		// The decoder names an embedded struct's fields through its Go name.
+		field := strings.TrimPrefix(typ.Field, "Spec.")
+		if field == "" {
+			return spec, invalidField("", "the body must be a JSON object, not %s", jsonKind(typ.Value))
+		}
+		if field == "env" && typ.Type.Kind() == reflect.String {
+			// The decoder does not say which variable; the value is what is wrong.
+			return spec, invalidField(field, "env values must be strings, not %s", jsonKind(typ.Value))
+		}
+		return spec, invalidField(field, "%s must be %s, not %s", field, jsonType(typ.Type), jsonKind(typ.Value))
+	case errors.As(err, &syntax):
+		return spec, invalidField("", "body is not valid JSON: %s (at byte %d)", syntax.Error(), syntax.Offset)
 	case errors.Is(err, io.EOF):
-		return spec, fmt.Errorf("%w: request body is empty; send a JSON workload", engine.ErrInvalid)
+		return spec, invalidField("", "request body is empty; send a JSON workload")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return spec, invalidField("", "body is not a valid workload JSON object: it ends in the middle of a value")
 	}
-	return spec, fmt.Errorf("%w: body is not a valid workload JSON object: %v", engine.ErrInvalid, err)
+	// What is left are the decoder's own messages ("json: unknown field \"x\""), which
+	// name JSON, not Go.
+	return spec, invalidField("", "body is not a valid workload JSON object: %s", strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// invalidField is a 400 about one field of the request ("" when it concerns none).
+func invalidField(field, format string, args ...any) error {
+	reason := fmt.Sprintf(format, args...)
+	if field == "" {
+		return fmt.Errorf("%w: %s", engine.ErrInvalid, reason)
+	}
+	return fmt.Errorf("%w: %w", engine.ErrInvalid, &model.FieldError{Field: field, Reason: reason})
+}
+
+// jsonType says which JSON a Go type decodes from, for messages about the wire format.
+func jsonType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return "a base64 string"
+		}
+		return "an array"
+	case reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return "another JSON type"
+}
+
+// jsonKind is the decoder's description of the value it found ("string", "number 1.5"),
+// with an article.
+func jsonKind(v string) string {
+	if strings.HasPrefix(v, "array") || strings.HasPrefix(v, "object") {
+		return "an " + v
+	}
+	return "a " + v
 }
 
 func (s *Server) submitSync(w http.ResponseWriter, r *http.Request) {
@@ -234,7 +307,7 @@ func (s *Server) submitSync(w http.ResponseWriter, r *http.Request) {
 	}
 	wl, err := s.o.Engine.Submit(r.Context(), spec)
 	if err != nil {
-		s.writeError(w, r, s.withField(spec, err))
+		s.writeError(w, r, err)
 		return
 	}
 	// The request's context only bounds the wait: if the client leaves, the workload runs
@@ -258,7 +331,7 @@ func (s *Server) submitAsync(w http.ResponseWriter, r *http.Request) {
 	}
 	wl, err := s.o.Engine.Submit(r.Context(), spec)
 	if err != nil {
-		s.writeError(w, r, s.withField(spec, err))
+		s.writeError(w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/v1/workloads/"+wl.ID)

@@ -131,7 +131,18 @@ var DefaultLimits = Limits{
 	DefaultTimeoutS: 60, MaxTimeoutS: 3600,
 }
 
-// Apply fills zero fields with defaults and checks the result against the limits.
+// FieldError is a request that is wrong in one field: Field names it as the API spells it
+// ("runtime", "resources.mem_mb", "env.NAME"), Reason says what is wrong, for the user.
+// Validation returns one as soon as it knows, so nobody has to work out the field later.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Reason }
+
+// Apply fills zero fields with defaults and checks the result against the limits. A
+// limit broken is a *FieldError.
 func (l Limits) Apply(r Resources) (Resources, error) {
 	if r.CPUs == 0 {
 		r.CPUs = l.DefaultCPUs
@@ -144,11 +155,11 @@ func (l Limits) Apply(r Resources) (Resources, error) {
 	}
 	switch {
 	case r.CPUs < 1 || r.CPUs > l.MaxCPUs:
-		return r, fmt.Errorf("resources.cpus must be between 1 and %d, got %d", l.MaxCPUs, r.CPUs)
+		return r, &FieldError{"resources.cpus", fmt.Sprintf("resources.cpus must be between 1 and %d, got %d", l.MaxCPUs, r.CPUs)}
 	case r.MemMB < l.MinMemMB || r.MemMB > l.MaxMemMB:
-		return r, fmt.Errorf("resources.mem_mb must be between %d and %d, got %d", l.MinMemMB, l.MaxMemMB, r.MemMB)
+		return r, &FieldError{"resources.mem_mb", fmt.Sprintf("resources.mem_mb must be between %d and %d, got %d", l.MinMemMB, l.MaxMemMB, r.MemMB)}
 	case r.TimeoutS < 1 || r.TimeoutS > l.MaxTimeoutS:
-		return r, fmt.Errorf("resources.timeout_s must be between 1 and %d, got %d", l.MaxTimeoutS, r.TimeoutS)
+		return r, &FieldError{"resources.timeout_s", fmt.Sprintf("resources.timeout_s must be between 1 and %d, got %d", l.MaxTimeoutS, r.TimeoutS)}
 	}
 	return r, nil
 }

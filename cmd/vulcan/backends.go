@@ -13,6 +13,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/config"
 	"github.com/vulcanhq/vulcan/internal/images"
+	"github.com/vulcanhq/vulcan/internal/instance"
 	"github.com/vulcanhq/vulcan/internal/microvm"
 	"github.com/vulcanhq/vulcan/internal/network"
 )
@@ -28,11 +29,19 @@ func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Regi
 		Logger:    log,
 		Metrics:   metrics,
 	}
+	// The instance id names what this server makes on the host (its VM namespaces,
+	// bridge, nft tables), so its startup reclaim never takes another server's.
+	inst, created, err := instance.Load(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("server instance", "id", inst, "new", created)
 	// Without networking VMs still run; workloads asking for a network get the reason.
 	nm, nerr := network.New(ctx, network.Config{
 		StateDir: filepath.Join(cfg.DataDir, "cni"),
 		BinDir:   cniBinDir(cfg),
 		Subnet:   cfg.NetworkSubnet,
+		Instance: inst,
 		DNS:      guestDNS(cfg.NetworkDNS),
 		Logger:   log,
 	})

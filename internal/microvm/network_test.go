@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/instance"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/network"
 	"github.com/vulcanhq/vulcan/internal/network/nettest"
@@ -35,10 +36,9 @@ func TestNetworkQEMU(t *testing.T) {
 	dir := testenv.RequiresImages(t, "python")
 
 	host := nettest.HostNS(t)
-	prefix := "vt-" + nettest.Suffix() + "-"
 	m, err := network.New(context.Background(), network.Config{
 		StateDir: t.TempDir(), BinDir: nettest.PluginDir(t), Subnet: "10.213.78.0/24",
-		NetNSPrefix: prefix, HostNetNS: host,
+		Instance: instance.New(), HostNetNS: host,
 		DNS: []net.IP{net.ParseIP("10.214.0.2")}, // the peer's resolver, below
 	})
 	if err != nil {
@@ -97,7 +97,7 @@ print("byname=" + get("http://outside.test:%d/"))
 				out[k] = v
 			}
 		}
-		assertNetworkReleased(t, m, prefix)
+		assertNetworkReleased(t, m)
 		return res, out
 	}
 
@@ -155,11 +155,11 @@ func serveRemoteAddr(ln net.Listener, who string) {
 }
 
 // assertNetworkReleased: no VM namespace, lease or per-VM rule is left.
-func assertNetworkReleased(t *testing.T, m *network.Manager, prefix string) {
+func assertNetworkReleased(t *testing.T, m *network.Manager) {
 	t.Helper()
 	entries, _ := os.ReadDir(network.NetNSDir)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) {
+		if strings.HasPrefix(e.Name(), m.Names().NetNSPrefix) {
 			t.Errorf("namespace %s left", e.Name())
 		}
 	}

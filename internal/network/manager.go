@@ -11,7 +11,14 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/vulcanhq/vulcan/internal/instance"
 )
+
+// ErrSubnetInUse is why a Manager refuses its subnet: an address of an overlapping network
+// is on another interface of the host namespace (another Vulcan server's bridge, a LAN).
+// It comes wrapped with ErrUnavailable from New, alone from Prepare and Attach.
+var ErrSubnetInUse = errors.New("subnet in use")
 
 // ErrUnavailable wraps every reason networking cannot work on this host (not root, a
 // plugin missing, no /dev/net/tun); its text tells the user what to do.
@@ -25,13 +32,14 @@ type Config struct {
 	// BinDir holds the CNI plugins: bridge, host-local and vulcan-cni-tap (`make` builds
 	// them into bin/cni).
 	BinDir string
-	// Subnet is the private IPv4 range guests get addresses from (DefaultSubnet).
+	// Subnet is the private IPv4 range guests get addresses from (DefaultSubnet). Two
+	// servers on one host need subnets that do not overlap: a Manager refuses one that
+	// overlaps an address on another interface of the host namespace.
 	Subnet string
-	// Bridge names the bridge (DefaultBridge).
-	Bridge string
-	// NetNSPrefix starts the name of every VM namespace under /var/run/netns
-	// (DefaultNetNSPrefix); the startup reclaim removes every namespace with it.
-	NetNSPrefix string
+	// Instance is the server's instance id (package instance): it names the bridge, the
+	// nft tables, the CNI network and the VM namespaces (NamesFor), and the startup
+	// reclaim touches nothing without it.
+	Instance string
 	// HostNetNS is the path of the namespace the bridge, the NAT and the policy live in;
 	// "" is the namespace the Manager is created in.
 	HostNetNS string
@@ -53,23 +61,17 @@ func (c *Config) defaults() error {
 	if c.Subnet == "" {
 		c.Subnet = DefaultSubnet
 	}
-	if c.Bridge == "" {
-		c.Bridge = DefaultBridge
-	}
-	if c.NetNSPrefix == "" {
-		c.NetNSPrefix = DefaultNetNSPrefix
-	}
 	if c.Timeout == 0 {
 		c.Timeout = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if err := validIfName(c.Bridge); err != nil {
-		return fmt.Errorf("network: bridge: %w", err)
+	if err := instance.Check(c.Instance); err != nil {
+		return fmt.Errorf("network: %w", err)
 	}
-	if !vmIDRe.MatchString(c.NetNSPrefix) {
-		return fmt.Errorf("network: namespace prefix %q: want letters, digits, '-', '_' or '.'", c.NetNSPrefix)
+	if err := validIfName(NamesFor(c.Instance).Bridge); err != nil {
+		return fmt.Errorf("network: bridge: %w", err)
 	}
 	return nil
 }
@@ -98,9 +100,15 @@ type Reclaimed struct {
 	Veths       int // veths left on the bridge
 	Leases      int // lease files removed after GC
 	Rules       int // per-VM nft rules dropped with the tables
+	// Legacy counts what a run from before instance ids left that this data dir's records
+	// name (attachments with their namespaces, and the old bridge and tables when nothing
+	// else used them).
+	Legacy int
 }
 
-func (r Reclaimed) total() int { return r.Attachments + r.NetNS + r.Veths + r.Leases + r.Rules }
+func (r Reclaimed) total() int {
+	return r.Attachments + r.NetNS + r.Veths + r.Leases + r.Rules + r.Legacy
+}
 
 // HostDNS returns the IPv4 name servers listed in a resolv.conf that a guest can use:
 // loopback resolvers (a local stub such as 127.0.0.53) are the host's own and unreachable

@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,10 +29,16 @@ import (
 // /var/run/netns is the same directory).
 const NetNSDir = "/run/netns"
 
+// hostLockFile serialises, across every server on the host, checking the subnet is free
+// and putting the gateway address on the bridge, so two servers starting their first VMs
+// at once cannot both take one subnet.
+const hostLockFile = "/run/vulcan-network.lock"
+
 // Manager attaches VMs to the network and detaches them.
 type Manager struct {
 	cfg    Config
 	log    *slog.Logger
+	names  Names
 	files  layout
 	sub    subnetInfo
 	cni    *libcni.CNIConfig
@@ -42,10 +49,11 @@ type Manager struct {
 	prepared bool
 }
 
-// New checks the host can give VMs a network, writes the conflist and reclaims what a
-// crashed run left. The bridge and the base policy come with the first Attach (or
-// Prepare), so a server whose workloads never ask for a network changes nothing in the
-// host's network. Prerequisite failures wrap ErrUnavailable.
+// New checks the host can give VMs a network, writes the conflist, reclaims what a
+// crashed run of this instance left and checks no other interface holds an address of
+// the subnet. The bridge and the base policy come with the first Attach (or Prepare), so a
+// server whose workloads never ask for a network changes nothing in the host's network.
+// Prerequisite failures wrap ErrUnavailable (a subnet in use also ErrSubnetInUse).
 func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
@@ -57,19 +65,21 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
+	names := NamesFor(cfg.Instance)
 	m := &Manager{
 		cfg:    cfg,
-		log:    cfg.Logger.With("component", "network"),
-		files:  layout{cfg.StateDir},
+		log:    cfg.Logger.With("component", "network", "instance", cfg.Instance),
+		names:  names,
+		files:  layout{dir: cfg.StateDir, network: names.Network},
 		sub:    sub,
-		policy: nft{netnsPath: cfg.HostNetNS},
+		policy: nft{netnsPath: cfg.HostNetNS, table: names.Table},
 	}
 	for _, d := range []string{m.files.dir, m.files.ipamDir(), m.files.cacheDir()} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("network: %w", err)
 		}
 	}
-	conf := Conflist(cfg.Bridge, sub, m.files.ipamDir())
+	conf := Conflist(names, sub, m.files.ipamDir())
 	if err := os.WriteFile(m.files.conflist(), conf, 0o640); err != nil {
 		return nil, fmt.Errorf("network: write conflist: %w", err)
 	}
@@ -83,7 +93,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		m.log.Warn("network reclaim incomplete", "err", err)
 	} else if r.total() > 0 {
 		m.log.Info("reclaimed network state left by an earlier run", "attachments", r.Attachments,
-			"netns", r.NetNS, "veths", r.Veths, "leases", r.Leases, "rules", r.Rules)
+			"netns", r.NetNS, "veths", r.Veths, "leases", r.Leases, "rules", r.Rules, "legacy", r.Legacy)
+	}
+	if err := m.inHost(m.checkSubnet); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return m, nil
 }
@@ -96,10 +109,19 @@ func (m *Manager) Prepare() error {
 	if m.prepared {
 		return nil
 	}
-	if err := m.inHost(m.ensureBridge); err != nil {
-		return fmt.Errorf("network: bridge %s: %w", m.cfg.Bridge, err)
+	unlock, err := lockHost()
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
 	}
-	if err := m.policy.reset(baseRules(m.cfg.Bridge, m.sub.gateway)); err != nil {
+	defer unlock()
+	// Again, under the lock: another server may have taken the subnet since New.
+	if err := m.inHost(m.checkSubnet); err != nil {
+		return err
+	}
+	if err := m.inHost(m.ensureBridge); err != nil {
+		return fmt.Errorf("network: bridge %s: %w", m.names.Bridge, err)
+	}
+	if err := m.policy.reset(baseRules(m.names.Bridge, m.sub.gateway)); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
 	m.prepared = true
@@ -131,9 +153,12 @@ func Check(binDir string) error {
 // Gateway is the bridge's address, the one a guest with policy host may reach.
 func (m *Manager) Gateway() net.IP { return m.sub.gateway }
 
+// Names are the host-global names of this Manager's objects.
+func (m *Manager) Names() Names { return m.names }
+
 // NetNSPath is where the namespace of vmID is mounted.
 func (m *Manager) NetNSPath(vmID string) string {
-	return filepath.Join(NetNSDir, m.cfg.NetNSPrefix+vmID)
+	return filepath.Join(NetNSDir, m.names.NetNS(vmID))
 }
 
 // inHost runs fn in the host namespace, on a locked thread: netlink calls and the CNI
@@ -206,11 +231,11 @@ func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkP
 	}
 	added := time.Since(start)
 
-	a, err := parseResult(res, vmID, path, m.cfg.Bridge)
+	a, err := parseResult(res, vmID, path, m.names.Bridge)
 	if err != nil {
 		return nil, fmt.Errorf("network: CNI result: %w", err)
 	}
-	if err := m.policy.addVM(vmRules(vmID, policy, m.cfg.Bridge, a.hostVeth, a.guest.IP)); err != nil {
+	if err := m.policy.addVM(vmRules(vmID, policy, m.names.Bridge, a.hostVeth, a.guest.IP)); err != nil {
 		return nil, fmt.Errorf("network: policy: %w", err)
 	}
 	undo = append(undo, func(context.Context) error { return m.policy.removeVM(vmID) })
@@ -258,10 +283,14 @@ func (m *Manager) cniDel(ctx context.Context, vmID string) error {
 	return m.inHost(func() error { return m.cni.DelNetworkList(ctx, m.list, rt) })
 }
 
-// Reclaim removes what a crashed run left: cached attachments (CNI DEL through GC, which
-// also collects host-local's leases), namespaces with the prefix, veths still on the
-// bridge, lease files GC missed and per-VM nft rules (the tables are rebuilt by New).
-// It must only run when no VM of this Manager's is attached.
+// Reclaim removes what a crashed run of this instance left: cached attachments (CNI DEL
+// through GC, which also collects host-local's leases), namespaces with this instance's
+// prefix, veths still on its bridge, lease files GC missed and per-VM nft rules (its
+// tables are dropped; the next Prepare rebuilds them). Everything it touches carries this
+// instance's id or is recorded under its state dir: other servers' namespaces, bridges
+// and tables are left alone. Then it reclaims what a run of this data dir from before
+// instance ids left (reclaimLegacy). It must only run when no VM of this Manager's is
+// attached.
 func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
 	defer cancel()
@@ -269,7 +298,7 @@ func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
 	var errs []error
 	if att, err := m.cni.GetCachedAttachments(""); err == nil {
 		for _, a := range att {
-			if a.Network == NetworkName {
+			if a.Network == m.names.Network {
 				r.Attachments++
 			}
 		}
@@ -281,7 +310,7 @@ func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
 	}
 	entries, _ := os.ReadDir(NetNSDir)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), m.cfg.NetNSPrefix) {
+		if strings.HasPrefix(e.Name(), m.names.NetNSPrefix) {
 			if err := removeNetNS(filepath.Join(NetNSDir, e.Name())); err != nil {
 				errs = append(errs, err)
 				continue
@@ -290,7 +319,7 @@ func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
 		}
 	}
 	if err := m.inHost(func() error {
-		n, err := m.deleteBridgePorts()
+		n, err := deleteBridgePorts(m.names.Bridge)
 		r.Veths = n
 		return err
 	}); err != nil {
@@ -304,13 +333,174 @@ func (m *Manager) Reclaim(ctx context.Context) (Reclaimed, error) {
 	if rs, err := m.policy.rulesOf(""); err == nil {
 		r.Rules = len(rs)
 	}
-	if err := m.policy.drop(); err != nil {
+	if _, err := m.policy.drop(); err != nil {
 		errs = append(errs, fmt.Errorf("nft: %w", err))
 	}
 	m.prepMu.Lock()
 	m.prepared = false // the tables are gone: the next Attach rebuilds them
 	m.prepMu.Unlock()
+	n, err := m.reclaimLegacy(ctx)
+	r.Legacy = n
+	if err != nil {
+		errs = append(errs, fmt.Errorf("pre-instance-id leftovers: %w", err))
+	}
 	return r, errors.Join(errs...)
+}
+
+// reclaimLegacy removes what a run of this data dir from before instance ids left, as far
+// as this data dir's records name it. Such a run kept its conflist as vulcan.conflist
+// (network "vulcan") and named its objects for the whole host: bridge vulcan0, tables
+// "vulcan", namespaces vulcan-<vm id>, which every server of that version shared. The
+// attachments in this data dir's libcni cache are its own: each is deleted through CNI
+// (veth, lease), with its nft rules and the namespace the record names. The bridge and the
+// tables were shared, so they go only when no port is left on the bridge and no namespace
+// of that naming remains; else they stay, for whoever else uses them, and the log says so.
+// The old conflist goes once its attachments are gone, so this runs once per data dir.
+func (m *Manager) reclaimLegacy(ctx context.Context) (int, error) {
+	old := layout{dir: m.files.dir, network: legacy.Network}
+	conf, err := os.ReadFile(old.conflist())
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	list, err := libcni.NetworkConfFromBytes(conf)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", old.conflist(), err)
+	}
+	bridge := legacyBridge(conf)
+	policy := nft{netnsPath: m.cfg.HostNetNS, table: legacy.Table}
+	n := 0
+	var errs []error
+	atts, _ := m.cni.GetCachedAttachments("")
+	for _, a := range atts {
+		if a.Network != list.Name {
+			continue
+		}
+		rt := &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: a.NetNS, IfName: a.IfName}
+		if _, err := os.Stat(rt.NetNS); err != nil {
+			rt.NetNS = ""
+		}
+		if err := m.inHost(func() error { return m.cni.DelNetworkList(ctx, list, rt) }); err != nil {
+			errs = append(errs, fmt.Errorf("CNI DEL %s: %w", a.ContainerID, err))
+			continue
+		}
+		if err := policy.removeVM(a.ContainerID); err != nil {
+			errs = append(errs, err)
+		}
+		if a.NetNS == filepath.Join(NetNSDir, legacy.NetNS(a.ContainerID)) {
+			if err := removeNetNS(a.NetNS); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		m.log.Info("reclaimed a pre-instance-id attachment", "vm", a.ContainerID, "netns", a.NetNS)
+		n++
+	}
+	// host-local's leases of the old network (GC frees those of VMs no cache knew).
+	if err := m.inHost(func() error { return m.cni.GCNetworkList(ctx, list, &libcni.GCArgs{}) }); err != nil {
+		errs = append(errs, fmt.Errorf("CNI GC: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return n, err // the old conflist stays: the next start tries again
+	}
+	if err := os.RemoveAll(old.leaseDir()); err != nil {
+		return n, err
+	}
+
+	var ports []netlink.Link
+	if err := m.inHost(func() (err error) { ports, err = bridgePorts(bridge); return err }); err != nil {
+		return n, err
+	}
+	var others []string
+	entries, _ := os.ReadDir(NetNSDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), legacy.NetNSPrefix) && !currentNetNSRe.MatchString(e.Name()) {
+			others = append(others, e.Name())
+		}
+	}
+	if len(ports) > 0 || len(others) > 0 {
+		m.log.Warn("left the pre-instance-id bridge and nft tables: something else still uses them",
+			"bridge", bridge, "tables", legacy.Table, "ports", len(ports), "namespaces", others)
+	} else {
+		var gone bool
+		if err := m.inHost(func() (err error) { gone, err = deleteLink(bridge); return err }); err != nil {
+			return n, fmt.Errorf("bridge %s: %w", bridge, err)
+		}
+		k, err := policy.drop()
+		if err != nil {
+			return n, fmt.Errorf("nft: %w", err)
+		}
+		if gone || k > 0 {
+			m.log.Info("removed the pre-instance-id bridge and nft tables", "bridge", bridge, "tables", k)
+			n += k
+			if gone {
+				n++
+			}
+		}
+	}
+	return n, os.Remove(old.conflist())
+}
+
+// legacyBridge reads the bridge's name from an old conflist (it was always vulcan0).
+func legacyBridge(conf []byte) string {
+	var c struct {
+		Plugins []struct{ Type, Bridge string }
+	}
+	if json.Unmarshal(conf, &c) == nil {
+		for _, p := range c.Plugins {
+			if p.Type == "bridge" && validIfName(p.Bridge) == nil {
+				return p.Bridge
+			}
+		}
+	}
+	return legacy.Bridge
+}
+
+// checkSubnet fails when an interface other than this instance's bridge holds an address
+// whose network overlaps the subnet: another server's bridge (two servers on one host need
+// distinct VULCAN_NETWORK_SUBNETs), a LAN, a VPN. Guests there would be unreachable or
+// shadow the host's routes.
+func (m *Manager) checkSubnet() error {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if a.IPNet == nil || !(a.IPNet.Contains(m.sub.net.IP) || m.sub.net.Contains(a.IP)) {
+			continue
+		}
+		name := fmt.Sprintf("interface %d", a.LinkIndex)
+		if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+			name = l.Attrs().Name
+		}
+		if name == m.names.Bridge {
+			continue
+		}
+		hint := ""
+		switch {
+		case name == legacy.Bridge:
+			hint = " (the bridge of a Vulcan server from before instance ids: if none runs, `ip link del vulcan0`)"
+		case strings.HasPrefix(name, "vulcan-"):
+			hint = " (another Vulcan server's bridge)"
+		}
+		return fmt.Errorf("%w: subnet %s overlaps %s on %s%s; give each server on a host its own VULCAN_NETWORK_SUBNET",
+			ErrSubnetInUse, m.sub.net, a.IPNet, name, hint)
+	}
+	return nil
+}
+
+// lockHost takes the host-wide lock (hostLockFile) and returns its release.
+func lockHost() (func(), error) {
+	f, err := os.OpenFile(hostLockFile, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("host lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("host lock: %w", err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // leases lists host-local's lease files (named by address) for this network.
@@ -336,44 +526,47 @@ func (m *Manager) Close(ctx context.Context) error {
 		return nil
 	}
 	var errs []error
-	if err := m.policy.drop(); err != nil {
+	if _, err := m.policy.drop(); err != nil {
 		errs = append(errs, fmt.Errorf("nft: %w", err))
 	}
-	if err := m.inHost(func() error {
-		l, err := netlink.LinkByName(m.cfg.Bridge)
-		if err != nil {
-			var nf netlink.LinkNotFoundError
-			if errors.As(err, &nf) {
-				return nil
-			}
-			return err
-		}
-		return netlink.LinkDel(l)
-	}); err != nil {
+	if err := m.inHost(func() error { _, err := deleteLink(m.names.Bridge); return err }); err != nil {
 		errs = append(errs, fmt.Errorf("bridge: %w", err))
 	}
 	return errors.Join(errs...)
 }
 
+// deleteLink deletes the link named name; gone reports it existed.
+func deleteLink(name string) (gone bool, err error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, netlink.LinkDel(l)
+}
+
 // ensureBridge creates the bridge with the gateway address, so that the address exists
 // (and host services can bind it) before the first VM; the bridge plugin adopts it.
 func (m *Manager) ensureBridge() error {
-	l, err := netlink.LinkByName(m.cfg.Bridge)
+	l, err := netlink.LinkByName(m.names.Bridge)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) {
 			return err
 		}
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: m.cfg.Bridge}}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: m.names.Bridge}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return err
 		}
-		if l, err = netlink.LinkByName(m.cfg.Bridge); err != nil {
+		if l, err = netlink.LinkByName(m.names.Bridge); err != nil {
 			return err
 		}
 	}
 	if _, ok := l.(*netlink.Bridge); !ok {
-		return fmt.Errorf("%s exists and is a %s, not a bridge", m.cfg.Bridge, l.Type())
+		return fmt.Errorf("%s exists and is a %s, not a bridge", m.names.Bridge, l.Type())
 	}
 	ones, _ := m.sub.net.Mask.Size()
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: m.sub.gateway, Mask: net.CIDRMask(ones, 32)}}
@@ -383,30 +576,43 @@ func (m *Manager) ensureBridge() error {
 	return netlink.LinkSetUp(l)
 }
 
-// deleteBridgePorts deletes every veth enslaved to the bridge.
-func (m *Manager) deleteBridgePorts() (int, error) {
-	br, err := netlink.LinkByName(m.cfg.Bridge)
+// bridgePorts lists the veths enslaved to the bridge named br (none when it is absent).
+func bridgePorts(br string) ([]netlink.Link, error) {
+	b, err := netlink.LinkByName(br)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return 0, nil
+			return nil, nil
 		}
-		return 0, err
+		return nil, err
 	}
 	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	var out []netlink.Link
+	for _, l := range links {
+		if l.Attrs().MasterIndex == b.Attrs().Index && l.Type() == "veth" {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+// deleteBridgePorts deletes every veth enslaved to the bridge named br.
+func deleteBridgePorts(br string) (int, error) {
+	ps, err := bridgePorts(br)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	var errs []error
-	for _, l := range links {
-		if l.Attrs().MasterIndex == br.Attrs().Index && l.Type() == "veth" {
-			if err := netlink.LinkDel(l); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			n++
+	for _, l := range ps {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, err)
+			continue
 		}
+		n++
 	}
 	return n, errors.Join(errs...)
 }

@@ -3,6 +3,8 @@ package network
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -13,26 +15,37 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/firecracker-microvm/firecracker-go-sdk/cni/vmconf"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vulcanhq/vulcan/internal/instance"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/network/nettest"
 	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
-// env is one test's private network world: a host namespace, a state dir and a
-// namespace prefix nobody else uses.
+// env is one test's private network world: a host namespace, a state dir and an
+// instance id nobody else uses, which names the bridge, tables and namespaces.
 type env struct {
-	host, state, prefix, bins string
-	cfg                       Config
+	host, state, bins string
+	names             Names
+	cfg               Config
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	host := nettest.HostNS(t)
-	e := &env{host: host, state: t.TempDir(), prefix: "vt-" + nettest.Suffix() + "-", bins: nettest.PluginDir(t)}
-	e.cfg = Config{StateDir: e.state, BinDir: e.bins, Subnet: "10.213.77.0/24", NetNSPrefix: e.prefix, HostNetNS: host}
+	return newEnvIn(t, nettest.HostNS(t), "10.213.77.0/24")
+}
+
+// newEnvIn is another server's world in the same host namespace: its own instance id,
+// state dir and subnet.
+func newEnvIn(t *testing.T, host, subnet string) *env {
+	t.Helper()
+	id := instance.New()
+	e := &env{host: host, state: t.TempDir(), bins: nettest.PluginDir(t), names: NamesFor(id)}
+	e.cfg = Config{StateDir: e.state, BinDir: e.bins, Subnet: subnet, Instance: id, HostNetNS: host}
 	return e
 }
 
@@ -49,8 +62,8 @@ func (e *env) manager(t *testing.T) *Manager {
 	return m
 }
 
-// world is what exists of Vulcan's network: links of the host namespace, namespaces
-// with the prefix, leases, per-VM nft rules.
+// world is what exists of one instance's network: links of the host namespace,
+// namespaces with its prefix, its leases, its per-VM nft rules.
 type world struct {
 	links, netns, leases, rules []string
 }
@@ -67,7 +80,7 @@ func (e *env) snapshot(t *testing.T, m *Manager) world {
 	})
 	entries, _ := os.ReadDir(NetNSDir)
 	for _, en := range entries {
-		if strings.HasPrefix(en.Name(), e.prefix) {
+		if strings.HasPrefix(en.Name(), e.names.NetNSPrefix) {
 			w.netns = append(w.netns, en.Name())
 		}
 	}
@@ -93,12 +106,12 @@ func (w world) String() string {
 	return string(b)
 }
 
-// nftList is `nft list table <family> vulcan` in the host namespace: the kernel's own
-// rendering of the rules compiled here.
+// nftList is `nft list table <family> vulcan-<instance>` in the host namespace: the
+// kernel's own rendering of the rules compiled here.
 func (e *env) nftList(t *testing.T, fam string) string {
 	t.Helper()
 	testenv.RequiresBinary(t, "nft")
-	out, err := exec.Command("nsenter", "--net="+e.host, "nft", "list", "table", fam, "vulcan").CombinedOutput()
+	out, err := exec.Command("nsenter", "--net="+e.host, "nft", "list", "table", fam, e.names.Table).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nft list: %v\n%s", err, out)
 	}
@@ -185,7 +198,7 @@ func TestAttachDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 	nettest.Do(t, e.host, func() error {
-		if _, err := netlink.LinkByName(DefaultBridge); err == nil {
+		if _, err := netlink.LinkByName(e.names.Bridge); err == nil {
 			t.Error("bridge left after Close")
 		}
 		return nil
@@ -211,13 +224,13 @@ func TestEgressRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = m.Detach(ctx, "vm-h") })
-	g := a.GuestIP.IP.String()
+	g, br := a.GuestIP.IP.String(), e.names.Bridge
 	inet := e.nftList(t, "inet")
 	for _, want := range []string{
-		`ip saddr ` + g + ` oifname != "vulcan0" masquerade comment "vulcan:vm=vm-eg"`,
-		`iifname "vulcan0" ip saddr ` + g + ` accept comment "vulcan:vm=vm-eg"`,
-		`iifname "vulcan0" ip daddr 10.213.77.1 accept`,
-		`oifname "vulcan0" ct state established,related accept`,
+		`ip saddr ` + g + ` oifname != "` + br + `" masquerade comment "vulcan:vm=vm-eg"`,
+		`iifname "` + br + `" ip saddr ` + g + ` accept comment "vulcan:vm=vm-eg"`,
+		`iifname "` + br + `" ip daddr 10.213.77.1 accept`,
+		`oifname "` + br + `" ct state established,related accept`,
 	} {
 		if !strings.Contains(inet, want) {
 			t.Errorf("inet table lacks %q:\n%s", want, inet)
@@ -365,9 +378,9 @@ func TestReclaimAfterCrash(t *testing.T) {
 		}
 	}
 	// Leftovers no cache knows about.
-	nettest.NewNS(t, e.prefix+"stray")
+	nettest.NewNS(t, e.names.NetNS("stray"))
 	nettest.Do(t, e.host, func() error {
-		br, err := netlink.LinkByName(DefaultBridge)
+		br, err := netlink.LinkByName(e.names.Bridge)
 		if err != nil {
 			return err
 		}
@@ -377,7 +390,7 @@ func TestReclaimAfterCrash(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(m.files.leaseDir(), "10.213.77.200"), []byte("ghost\neth0"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.policy.addVM(vmRules("ghost", model.NetworkEgress, DefaultBridge, "vstray0", net.ParseIP("10.213.77.200"))); err != nil {
+	if err := m.policy.addVM(vmRules("ghost", model.NetworkEgress, e.names.Bridge, "vstray0", net.ParseIP("10.213.77.200"))); err != nil {
 		t.Fatal(err)
 	}
 	crashed := e.snapshot(t, m)
@@ -399,4 +412,318 @@ func TestReclaimAfterCrash(t *testing.T) {
 	if err := m2.Detach(ctx, "vm-c1"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// hostObjects is what exists of an instance in the host namespace, as the kernel and the
+// filesystem show it: its bridge with its ports, its nft tables with their per-VM rules,
+// its namespaces and its leases.
+func (e *env) hostObjects(t *testing.T, m *Manager) string {
+	t.Helper()
+	var ports []string
+	bridge := "absent"
+	nettest.Do(t, e.host, func() error {
+		ps, err := bridgePorts(e.names.Bridge)
+		for _, p := range ps {
+			ports = append(ports, p.Attrs().Name)
+		}
+		if _, lerr := netlink.LinkByName(e.names.Bridge); lerr == nil {
+			bridge = "present"
+		}
+		return err
+	})
+	sort.Strings(ports)
+	tables, _ := exec.Command("nsenter", "--net="+e.host, "nft", "list", "tables").CombinedOutput()
+	var mine []string
+	for _, l := range strings.Split(strings.TrimSpace(string(tables)), "\n") {
+		if strings.HasSuffix(l, " "+e.names.Table) {
+			mine = append(mine, l)
+		}
+	}
+	w := e.snapshot(t, m)
+	return fmt.Sprintf("bridge %s ports %v tables %v netns %v leases %v rules %d", bridge, ports, mine, w.netns, w.leases, len(w.rules))
+}
+
+// TestTwoInstancesCoexist: two servers' Managers in one host namespace, each with VMs
+// attached. One crashes and restarts on its state dir, and a third starts with a fresh
+// state dir: both reclaims take only their own instance's objects, and the survivor's
+// namespaces, bridge ports, tables, rules and leases are as they were, its VMs' CNI
+// CHECK still passes, and it detaches cleanly.
+func TestTwoInstancesCoexist(t *testing.T) {
+	testenv.RequiresBinary(t, "nft")
+	host := nettest.HostNS(t)
+	a, b := newEnvIn(t, host, "10.213.81.0/24"), newEnvIn(t, host, "10.213.82.0/24")
+	ma, mb := a.manager(t), b.manager(t)
+	ctx := context.Background()
+	for _, id := range []string{"vm-1", "vm-2"} {
+		if _, err := ma.Attach(ctx, id, model.NetworkEgress); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The same VM id in both: names must not collide either.
+	for _, id := range []string{"vm-1", "vm-b"} {
+		if _, err := mb.Attach(ctx, id, model.NetworkEgress); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bBefore := b.hostObjects(t, mb)
+	if w := b.snapshot(t, mb); len(w.netns) != 2 || len(w.leases) != 2 || len(w.rules) != 8 {
+		t.Fatalf("setup of b: %s", bBefore)
+	}
+	if w := a.snapshot(t, ma); len(w.netns) != 2 || len(w.leases) != 2 {
+		t.Fatalf("setup of a: %v", w)
+	}
+
+	// a crashes (its Manager is abandoned with VMs attached) and restarts.
+	ma2, err := New(ctx, a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ma2.Close(context.Background()) })
+	// Its tables go until the next attach rebuilds them; the bridge stays, bare.
+	if got := a.hostObjects(t, ma2); got != "bridge present ports [] tables [] netns [] leases [] rules 0" {
+		t.Errorf("a after its restart: %s", got)
+	}
+	// A server with a fresh data dir (a new instance) reclaims nothing of anyone's.
+	c := newEnvIn(t, host, "10.213.83.0/24")
+	mc, err := New(ctx, c.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mc.Close(context.Background()) })
+	if r, err := mc.Reclaim(ctx); err != nil || r.total() != 0 {
+		t.Errorf("fresh instance reclaimed %+v (%v)", r, err)
+	}
+
+	if got := b.hostObjects(t, mb); got != bBefore {
+		t.Errorf("b after the others' reclaims:\n%s\nwant:\n%s", got, bBefore)
+	}
+	t.Logf("b before and after a's restart and c's start: %s", bBefore)
+	for _, id := range []string{"vm-1", "vm-b"} {
+		nettest.Do(t, host, func() error { return mb.cni.CheckNetworkList(ctx, mb.list, mb.rt(id)) })
+	}
+	// The restarted a works again, beside b.
+	if _, err := ma2.Attach(ctx, "vm-3", model.NetworkHost); err != nil {
+		t.Fatal(err)
+	}
+	if err := ma2.Detach(ctx, "vm-3"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"vm-1", "vm-b"} {
+		if err := mb.Detach(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w := b.snapshot(t, mb); len(w.netns)+len(w.leases)+len(w.rules) != 0 {
+		t.Errorf("b after detaching: %v", w)
+	}
+}
+
+// TestSubnetInUse: a second server whose subnet overlaps the first's bridge is told so,
+// naming the bridge: at start when the bridge exists, else at its first attach (the
+// first server's bridge came later); nothing of the first server's is touched.
+func TestSubnetInUse(t *testing.T) {
+	host := nettest.HostNS(t)
+	a := newEnvIn(t, host, "10.213.84.0/24")
+	ma, err := New(context.Background(), a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ma.Close(context.Background()) })
+
+	// a has no bridge yet: b starts, with the same subnet.
+	b := newEnvIn(t, host, "10.213.84.0/24")
+	mb, err := New(context.Background(), b.cfg)
+	if err != nil {
+		t.Fatalf("b refused before any bridge existed: %v", err)
+	}
+	if err := ma.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = mb.Attach(context.Background(), "vm-x", model.NetworkHost)
+	want := "subnet 10.213.84.0/24 overlaps 10.213.84.1/24 on " + a.names.Bridge + " (another Vulcan server's bridge)"
+	if !errors.Is(err, ErrSubnetInUse) || !strings.Contains(err.Error(), want) {
+		t.Errorf("b's attach: %v, want ErrSubnetInUse and %q", err, want)
+	}
+	if w := b.snapshot(t, mb); len(w.netns)+len(w.leases)+len(w.rules) != 0 {
+		t.Errorf("b's failed attach left %v", w)
+	}
+	nettest.Do(t, host, func() error {
+		if _, err := netlink.LinkByName(b.names.Bridge); err == nil {
+			t.Errorf("b made its bridge %s", b.names.Bridge)
+		}
+		return nil
+	})
+
+	// Now at start: a larger subnet that contains a's, and one inside it.
+	for _, sub := range []string{"10.213.0.0/16", "10.213.84.128/25"} {
+		c := newEnvIn(t, host, sub)
+		_, err := New(context.Background(), c.cfg)
+		if !errors.Is(err, ErrSubnetInUse) || !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), a.names.Bridge) {
+			t.Errorf("%s: %v, want ErrUnavailable and ErrSubnetInUse naming %s", sub, err, a.names.Bridge)
+		}
+	}
+	// A neighbouring subnet is fine, and a still works.
+	d := newEnvIn(t, host, "10.213.85.0/24")
+	d.manager(t)
+	if _, err := ma.Attach(context.Background(), "vm-a", model.NetworkHost); err != nil {
+		t.Fatal(err)
+	}
+	if err := ma.Detach(context.Background(), "vm-a"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// legacyAttach makes what a server from before instance ids made for one VM, with that
+// version's names: conflist vulcan.conflist in state, namespace vulcan-<vm>, bridge
+// vulcan0, tables "vulcan" with the VM's rules. It returns the namespace's path.
+func legacyAttach(t *testing.T, host, state, bins, subnet, vmID string) string {
+	t.Helper()
+	sub, err := parseSubnet(subnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := layout{dir: state, network: legacy.Network}
+	conf := Conflist(legacy, sub, files.ipamDir())
+	if err := os.WriteFile(files.conflist(), conf, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.NetworkConfFromBytes(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(NetNSDir, legacy.NetNS(vmID))
+	if err := createNetNS(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = removeNetNS(path) })
+	cni := libcni.NewCNIConfigWithCacheDir([]string{bins}, files.cacheDir(), nil)
+	var res *current.Result
+	nettest.Do(t, host, func() error {
+		r, err := cni.AddNetworkList(context.Background(), list,
+			&libcni.RuntimeConf{ContainerID: vmID, NetNS: path, IfName: ContainerIfName})
+		if err != nil {
+			return err
+		}
+		res, err = current.NewResultFromResult(r)
+		return err
+	})
+	att, err := parseResult(res, vmID, path, legacy.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := nft{netnsPath: host, table: legacy.Table}
+	if rs, _ := policy.rulesOf(""); rs == nil {
+		if err := policy.reset(baseRules(legacy.Bridge, sub.gateway)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := policy.addVM(vmRules(vmID, model.NetworkEgress, legacy.Bridge, att.hostVeth, att.guest.IP)); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestReclaimLegacy: a data dir last used by a server from before instance ids gets its
+// recorded leftovers reclaimed at the first start with an id. When nothing else uses the
+// old bridge and tables they go too; when another old-style server's VM is on them, only
+// this data dir's attachment goes, the rest stays, and the default-like subnet that the
+// old bridge still holds is refused with a hint.
+func TestReclaimLegacy(t *testing.T) {
+	testenv.RequiresBinary(t, "nft")
+	ctx := context.Background()
+	vm := func() string { return "01LEGACY" + strings.ToUpper(nettest.Suffix()) }
+	legacyTables := func(host string) string {
+		out, _ := exec.Command("nsenter", "--net="+host, "nft", "list", "tables").CombinedOutput()
+		return strings.TrimSpace(string(out))
+	}
+
+	t.Run("alone", func(t *testing.T) {
+		e := newEnv(t)
+		id := vm()
+		ns := legacyAttach(t, e.host, e.state, e.bins, "10.213.77.0/24", id)
+		m, err := New(ctx, e.cfg) // the same subnet: the old bridge must be gone first
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Close(ctx) })
+		if _, err := os.Stat(ns); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("old namespace %s: %v", ns, err)
+		}
+		nettest.Do(t, e.host, func() error {
+			if l, err := netlink.LinkByName(legacy.Bridge); err == nil {
+				t.Errorf("old bridge %s left", l.Attrs().Name)
+			}
+			return nil
+		})
+		if tl := legacyTables(e.host); tl != "" {
+			t.Errorf("tables left: %s", tl)
+		}
+		old := layout{dir: e.state, network: legacy.Network}
+		if _, err := os.Stat(old.conflist()); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("old conflist: %v", err)
+		}
+		if _, err := os.Stat(old.leaseDir()); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("old lease dir: %v", err)
+		}
+		if att, _ := m.cni.GetCachedAttachments(""); len(att) != 0 {
+			t.Errorf("cache holds %d attachments", len(att))
+		}
+		if _, err := m.Attach(ctx, "vm-new", model.NetworkHost); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Detach(ctx, "vm-new"); err != nil {
+			t.Fatal(err)
+		}
+		// Once: a second start finds no old state.
+		if r, err := m.Reclaim(ctx); err != nil || r.Legacy != 0 {
+			t.Errorf("second reclaim: %+v %v", r, err)
+		}
+	})
+
+	t.Run("shared", func(t *testing.T) {
+		e := newEnv(t)
+		mine, theirs := vm(), vm()
+		myNS := legacyAttach(t, e.host, e.state, e.bins, "10.213.77.0/24", mine)
+		otherState := t.TempDir() // another old-style server's data dir
+		theirNS := legacyAttach(t, e.host, otherState, e.bins, "10.213.77.0/24", theirs)
+		_, err := New(ctx, e.cfg)
+		if !errors.Is(err, ErrSubnetInUse) || !strings.Contains(err.Error(), "on vulcan0 (the bridge of a Vulcan server from before instance ids") {
+			t.Errorf("start beside the old bridge: %v", err)
+		}
+		if _, err := os.Stat(myNS); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("this data dir's old namespace: %v", err)
+		}
+		if _, err := os.Stat(theirNS); err != nil {
+			t.Errorf("the other server's namespace: %v", err)
+		}
+		nettest.Do(t, e.host, func() error {
+			ps, err := bridgePorts(legacy.Bridge)
+			if len(ps) != 1 {
+				t.Errorf("old bridge has %d ports, want the other server's one", len(ps))
+			}
+			return err
+		})
+		other := nft{netnsPath: e.host, table: legacy.Table}
+		if rs, _ := other.rulesOf(mine); len(rs) != 0 {
+			t.Errorf("this data dir's old rules: %d left", len(rs))
+		}
+		if rs, _ := other.rulesOf(theirs); len(rs) != 4 {
+			t.Errorf("the other server's rules: %d, want 4", len(rs))
+		}
+		if _, err := os.Stat(layout{dir: e.state, network: legacy.Network}.conflist()); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("old conflist: %v", err)
+		}
+		if _, err := os.Stat(layout{dir: otherState, network: legacy.Network}.conflist()); err != nil {
+			t.Errorf("the other server's conflist: %v", err)
+		}
+		// With a subnet of its own the new server works beside the old one.
+		e.cfg.Subnet = "10.213.78.0/24"
+		m := e.manager(t)
+		if _, err := m.Attach(ctx, "vm-new", model.NetworkHost); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Detach(ctx, "vm-new"); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

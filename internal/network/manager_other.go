@@ -35,3 +35,5 @@ func (m *Manager) Close(ctx context.Context) error { return nil }
 func (m *Manager) Prepare() error { return Check("") }
 
 func (m *Manager) Attached() (int, error) { return 0, nil }
+
+func (m *Manager) Names() Names { return Names{} }

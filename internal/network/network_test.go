@@ -2,6 +2,7 @@ package network
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,10 +21,10 @@ func TestConflistPinned(t *testing.T) {
 	}
 	want := `{
   "cniVersion": "1.1.0",
-  "name": "vulcan",
+  "name": "vulcan-k3f9q2zt",
   "plugins": [
     {
-      "bridge": "vulcan0",
+      "bridge": "vulcan-k3f9q2zt",
       "hairpinMode": false,
       "ipMasq": false,
       "ipam": {
@@ -47,8 +48,48 @@ func TestConflistPinned(t *testing.T) {
     }
   ]
 }`
-	if got := string(Conflist("vulcan0", sub, "/var/lib/vulcan/cni/ipam")); got != want {
+	if got := string(Conflist(NamesFor("k3f9q2zt"), sub, "/var/lib/vulcan/cni/ipam")); got != want {
 		t.Errorf("conflist:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestNamesPinned: every host-global name carries the instance id, and the bridge's
+// still fits an interface name at the id's full length.
+func TestNamesPinned(t *testing.T) {
+	n := NamesFor("k3f9q2zt")
+	if got, want := fmt.Sprintf("%+v", n), "{Bridge:vulcan-k3f9q2zt Table:vulcan-k3f9q2zt Network:vulcan-k3f9q2zt NetNSPrefix:vulcan-k3f9q2zt-}"; got != want {
+		t.Errorf("names %s, want %s", got, want)
+	}
+	if got := n.NetNS("01JZ3Q8W1K2V5XG7H9M4N6P8RT"); got != "vulcan-k3f9q2zt-01JZ3Q8W1K2V5XG7H9M4N6P8RT" {
+		t.Errorf("netns %s", got)
+	}
+	if err := validIfName(n.Bridge); err != nil || len(n.Bridge) != 15 {
+		t.Errorf("bridge %q (%d bytes): %v", n.Bridge, len(n.Bridge), err)
+	}
+	l := layout{dir: "/d/cni", network: n.Network}
+	if l.conflist() != "/d/cni/vulcan-k3f9q2zt.conflist" || l.leaseDir() != "/d/cni/ipam/vulcan-k3f9q2zt" || l.cacheDir() != "/d/cni/cache" {
+		t.Errorf("layout %s %s %s", l.conflist(), l.leaseDir(), l.cacheDir())
+	}
+	// What servers before instance ids used, and where they kept their conflist.
+	if got := fmt.Sprintf("%+v", legacy); got != "{Bridge:vulcan0 Table:vulcan Network:vulcan NetNSPrefix:vulcan-}" {
+		t.Errorf("legacy names %s", got)
+	}
+	if got := (layout{dir: "/d/cni", network: legacy.Network}).conflist(); got != "/d/cni/vulcan.conflist" {
+		t.Errorf("legacy conflist %s", got)
+	}
+	// One instance's prefix never matches another's namespaces, even when one id is a
+	// prefix of the other; legacy names (vulcan-<ULID>) are told apart from current ones.
+	if strings.HasPrefix(NamesFor("abcd").NetNS("x"), NamesFor("abc").NetNSPrefix) {
+		t.Error("instance abc's prefix matches instance abcd's namespaces")
+	}
+	for name, current := range map[string]bool{
+		"vulcan-k3f9q2zt-01JZ3Q8W1K2V5XG7H9M4N6P8RT": true,
+		"vulcan-01JZ3Q8W1K2V5XG7H9M4N6P8RT":          false,
+		"vulcan-abc-vm1":                             true,
+	} {
+		if currentNetNSRe.MatchString(name) != current {
+			t.Errorf("%s: current naming %v, want %v", name, !current, current)
+		}
 	}
 }
 
@@ -166,10 +207,12 @@ func TestCheckNamesWhatIsMissing(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	for name, c := range map[string]Config{
-		"no state dir":  {BinDir: "/x"},
-		"no bin dir":    {StateDir: "/x"},
-		"bad bridge":    {StateDir: "/x", BinDir: "/x", Bridge: "a-very-long-bridge-name"},
-		"bad ns prefix": {StateDir: "/x", BinDir: "/x", NetNSPrefix: "../x"},
+		"no state dir":         {BinDir: "/x", Instance: "abc"},
+		"no bin dir":           {StateDir: "/x", Instance: "abc"},
+		"no instance":          {StateDir: "/x", BinDir: "/x"},
+		"instance too long":    {StateDir: "/x", BinDir: "/x", Instance: "abcdefghj"},
+		"instance upper case":  {StateDir: "/x", BinDir: "/x", Instance: "ABC"},
+		"instance with a dash": {StateDir: "/x", BinDir: "/x", Instance: "a-b"},
 	} {
 		if err := c.defaults(); err == nil {
 			t.Errorf("%s: accepted", name)

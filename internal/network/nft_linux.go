@@ -18,6 +18,7 @@ import (
 // connection (bound to the namespace by fd) and commits one batch, so a change is atomic.
 type nft struct {
 	netnsPath string // "" = the caller's namespace
+	table     string // the name of both tables (Names.Table)
 }
 
 func (n nft) conn() (*nftables.Conn, func(), error) {
@@ -44,15 +45,15 @@ func nfFamily(f family) nftables.TableFamily {
 	return nftables.TableFamilyINet
 }
 
-func table(f family) *nftables.Table {
-	return &nftables.Table{Name: tableName, Family: nfFamily(f)}
+func (n nft) tbl(f family) *nftables.Table {
+	return &nftables.Table{Name: n.table, Family: nfFamily(f)}
 }
 
-func chainRef(f family, name string) *nftables.Chain {
-	return &nftables.Chain{Name: name, Table: table(f)}
+func (n nft) chainRef(f family, name string) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: n.tbl(f)}
 }
 
-// reset deletes Vulcan's tables (whatever a crashed run left in them) and creates them
+// reset deletes this instance's tables (whatever a crashed run left in them) and creates them
 // again with the base chains and rules.
 func (n nft) reset(base []rule) error {
 	c, done, err := n.conn()
@@ -65,7 +66,7 @@ func (n nft) reset(base []rule) error {
 		return fmt.Errorf("nft: delete tables: %w", err)
 	}
 	for _, f := range []family{famInet, famBridge} {
-		c.AddTable(table(f))
+		c.AddTable(n.tbl(f))
 	}
 	for _, cs := range chains {
 		hook := map[string]*nftables.ChainHook{
@@ -77,7 +78,7 @@ func (n nft) reset(base []rule) error {
 			typ = nftables.ChainTypeNAT
 		}
 		policy := nftables.ChainPolicyAccept
-		c.AddChain(&nftables.Chain{Name: cs.name, Table: table(cs.family), Hooknum: hook,
+		c.AddChain(&nftables.Chain{Name: cs.name, Table: n.tbl(cs.family), Hooknum: hook,
 			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(cs.priority)), Type: typ, Policy: &policy})
 	}
 	for _, r := range base {
@@ -91,28 +92,32 @@ func (n nft) reset(base []rule) error {
 	return nil
 }
 
-// deleteTables queues the deletion of Vulcan's tables that exist.
-func (n nft) deleteTables(c *nftables.Conn) {
+// deleteTables queues the deletion of this instance's tables that exist, and says how
+// many. Tables of other names (other servers', anyone's) are never touched.
+func (n nft) deleteTables(c *nftables.Conn) int {
 	tables, err := c.ListTables()
 	if err != nil {
-		return
+		return 0
 	}
+	k := 0
 	for _, t := range tables {
-		if t.Name == tableName && (t.Family == nftables.TableFamilyINet || t.Family == nftables.TableFamilyBridge) {
+		if t.Name == n.table && (t.Family == nftables.TableFamilyINet || t.Family == nftables.TableFamilyBridge) {
 			c.DelTable(t)
+			k++
 		}
 	}
+	return k
 }
 
-// drop removes Vulcan's tables.
-func (n nft) drop() error {
+// drop removes this instance's tables and says how many there were.
+func (n nft) drop() (int, error) {
 	c, done, err := n.conn()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer done()
-	n.deleteTables(c)
-	return c.Flush()
+	k := n.deleteTables(c)
+	return k, c.Flush()
 }
 
 // addVM installs rules in one batch.
@@ -138,7 +143,7 @@ func (n nft) add(c *nftables.Conn, r rule) error {
 	if err != nil {
 		return fmt.Errorf("nft: %s: %w", r, err)
 	}
-	nr := &nftables.Rule{Table: table(r.family), Chain: chainRef(r.family, r.chain), Exprs: exprs}
+	nr := &nftables.Rule{Table: n.tbl(r.family), Chain: n.chainRef(r.family, r.chain), Exprs: exprs}
 	if cm := r.comment(); cm != "" {
 		nr.UserData = userdata.AppendString(nil, userdata.TypeComment, cm)
 	}
@@ -164,7 +169,7 @@ func (n nft) rulesOf(vmID string) ([]*nftables.Rule, error) {
 func (n nft) tagged(c *nftables.Conn, vmID string) ([]*nftables.Rule, error) {
 	var out []*nftables.Rule
 	for _, cs := range chains {
-		rs, err := c.GetRules(table(cs.family), chainRef(cs.family, cs.name))
+		rs, err := c.GetRules(n.tbl(cs.family), n.chainRef(cs.family, cs.name))
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue

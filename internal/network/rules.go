@@ -12,9 +12,6 @@ import (
 // the VM's id. The Linux side compiles each rule to nftables expressions; String renders
 // it the way `nft list` does, so tests pin the policy without root.
 
-// tableName is the name of both of Vulcan's tables (families inet and bridge).
-const tableName = "vulcan"
-
 // vmTagPrefix starts the comment of every per-VM rule.
 const vmTagPrefix = "vulcan:vm="
 

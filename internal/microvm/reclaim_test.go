@@ -63,3 +63,48 @@ func TestReclaim(t *testing.T) {
 		t.Errorf("second reclaim: %d %v", n, err)
 	}
 }
+
+// Two servers on one host have a state dir each. Reclaim of one kills its own orphaned
+// VMM and leaves the other server's running VMM and its dir alone, even when a pid file
+// of the first names the second's VMM.
+func TestReclaimLeavesAnotherServersVMs(t *testing.T) {
+	mine, theirs := t.TempDir(), t.TempDir()
+	start := func(dir string) (*exec.Cmd, chan error) {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		c := exec.Command("sh", "-c", "sleep 300", dir)
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- c.Wait() }()
+		t.Cleanup(func() { syscall.Kill(-c.Process.Pid, syscall.SIGKILL) })
+		vmm.WritePIDFile(dir, c.Process.Pid)
+		return c, done
+	}
+	_, orphanGone := start(filepath.Join(mine, "01MINE"))
+	live, liveGone := start(filepath.Join(theirs, "01THEIRS"))
+	// A stale pid file of ours that happens to hold the other server's VMM's pid.
+	stale := filepath.Join(mine, "01STALE")
+	os.MkdirAll(stale, 0o750)
+	vmm.WritePIDFile(stale, live.Process.Pid)
+
+	if n, err := Reclaim(mine, slog.New(slog.DiscardHandler)); err != nil || n != 2 {
+		t.Fatalf("reclaimed %d dirs (%v), want 2", n, err)
+	}
+	select {
+	case <-orphanGone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("this server's orphaned VMM still running")
+	}
+	select {
+	case err := <-liveGone:
+		t.Fatalf("the other server's VMM died: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := os.Stat(filepath.Join(theirs, "01THEIRS", vmm.PIDFileName)); err != nil {
+		t.Errorf("the other server's VM dir: %v", err)
+	}
+}

@@ -1,6 +1,9 @@
 package api_test
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"encoding/base64"
 	"regexp"
 	"testing"
@@ -15,21 +18,35 @@ import (
 func TestValidationErrorsNameTheField(t *testing.T) {
 	ts := newServer(t, engine.Config{}, &backendtest.Fake{}, "")
 	notGzip := base64.StdEncoding.EncodeToString([]byte("plain text"))
+	pyArchive := base64.StdEncoding.EncodeToString(tarGz(t, "app/run.py"))
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte("not a tar archive, though gzip-compressed"))
+	zw.Close()
+	gzipNotTar := base64.StdEncoding.EncodeToString(gz.Bytes())
 	for body, want := range map[string]string{
-		`{"code":"x"}`:                                             "runtime",
-		`{"runtime":"cobol","code":"x"}`:                           "runtime",
-		`{"runtime":"go","code":"x","isolation":"gvisor"}`:         "isolation",
-		`{"runtime":"go"}`:                                         "code",
-		`{"runtime":"go","code_archive":"` + notGzip + `"}`:        "code_archive",
-		`{"runtime":"go","code_archive":"!!!notbase64"}`:           "code_archive",
-		`{"runtime":"go","code":"x","entrypoint":"../x.go"}`:       "entrypoint",
-		`{"runtime":"go","code":"x","resources":{"cpus":64}}`:      "resources.cpus",
-		`{"runtime":"go","code":"x","resources":{"cpus":"2"}}`:     "resources.cpus",
-		`{"runtime":"go","code":"x","resources":{"mem_mb":1}}`:     "resources.mem_mb",
-		`{"runtime":"go","code":"x","resources":{"timeout_s":-1}}`: "resources.timeout_s",
-		`{"runtime":"go","code":"x","network":"lan"}`:              "network",
-		`{"runtime":"go","code":"x","env":{"OK":"1","1BAD":"2"}}`:  "env.1BAD",
-		`{"runtime":"go","code":"x","env":{"A":"x\u0000y"}}`:       "env.A",
+		`{"code":"x"}`:                                                               "runtime",
+		`{"runtime":"cobol","code":"x"}`:                                             "runtime",
+		`{"runtime":"go","code":"x","isolation":"gvisor"}`:                           "isolation",
+		`{"runtime":"go"}`:                                                           "code",
+		`{"runtime":"go","code_archive":"` + notGzip + `"}`:                          "code_archive",
+		`{"runtime":"go","code_archive":"!!!notbase64"}`:                             "code_archive",
+		`{"runtime":"go","code":"x","entrypoint":"../x.go"}`:                         "entrypoint",
+		`{"runtime":"go","code":"x","resources":{"cpus":64}}`:                        "resources.cpus",
+		`{"runtime":"go","code":"x","resources":{"cpus":"2"}}`:                       "resources.cpus",
+		`{"runtime":"go","code":"x","resources":{"mem_mb":1}}`:                       "resources.mem_mb",
+		`{"runtime":"go","code":"x","resources":{"timeout_s":-1}}`:                   "resources.timeout_s",
+		`{"runtime":"go","code":"x","network":"lan"}`:                                "network",
+		`{"runtime":"go","code":"x","env":{"OK":"1","1BAD":"2"}}`:                    "env.1BAD",
+		`{"runtime":"go","code":"x","env":{"A":"x\u0000y"}}`:                         "env.A",
+		`{"runtime":"go","code":"x","entrypoint":"."}`:                               "entrypoint",
+		`{"runtime":"go","code":"x","entrypoint":"a/"}`:                              "entrypoint",
+		`{"runtime":"go","code":"x","entrypoint":"/x"}`:                              "entrypoint",
+		`{"runtime":"go","code":"x","entrypoint":".."}`:                              "entrypoint",
+		`{"runtime":"go","code":"x","entrypoint":""}`:                                "entrypoint",
+		`{"runtime":"python","code_archive":"` + pyArchive + `"}`:                    "entrypoint",
+		`{"runtime":"python","code_archive":"` + pyArchive + `","entrypoint":"app"}`: "entrypoint",
+		`{"runtime":"go","code_archive":"` + gzipNotTar + `"}`:                       "code_archive",
 	} {
 		resp, data := ts.do(t, "POST", "/v1/workloads/async", body)
 		e := decode[api.ErrorBody](t, data)
@@ -38,6 +55,10 @@ func TestValidationErrorsNameTheField(t *testing.T) {
 		}
 	}
 	// Failures that are not about one field carry none.
+	// An archive holding its entrypoint passes.
+	if resp, data := ts.do(t, "POST", "/v1/workloads", `{"runtime":"python","code_archive":"`+pyArchive+`","entrypoint":"./app/run.py"}`); resp.StatusCode != 200 {
+		t.Errorf("archive with its entrypoint: %d %s", resp.StatusCode, data)
+	}
 	for _, body := range []string{`{"runtime":`, `{"runtime":"go","code":"x","timeout":5}`} {
 		_, data := ts.do(t, "POST", "/v1/workloads", body)
 		if e := decode[api.ErrorBody](t, data); e.Error.Field != "" {
@@ -73,4 +94,19 @@ func TestDecodeErrorsDoNotLeakGoTypes(t *testing.T) {
 			t.Errorf("%s: %d %s, want field %q and no Go in the message", body, resp.StatusCode, data, field)
 		}
 	}
+}
+
+// tarGz is a tar.gz of one-line files.
+func tarGz(t testing.TB, names ...string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	for _, n := range names {
+		tw.WriteHeader(&tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644, Size: 9})
+		tw.Write([]byte("print(1)\n"))
+	}
+	tw.Close()
+	gz.Close()
+	return buf.Bytes()
 }

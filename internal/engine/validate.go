@@ -1,13 +1,16 @@
 package engine
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"io"
+	"path"
+	"slices"
 	"strings"
 
 	"github.com/vulcanhq/vulcan/internal/model"
@@ -60,16 +63,19 @@ func validate(spec model.Spec, limits model.Limits) (model.Spec, error) {
 		return spec, invalid("code", "give either code or code_archive, not both")
 	case spec.Code == "" && len(spec.Archive) == 0:
 		return spec, invalid("code", "one of code or code_archive is required")
-	case len(spec.Archive) > 0:
-		if _, err := gzip.NewReader(bytes.NewReader(spec.Archive)); err != nil {
-			return spec, invalid("code_archive", "code_archive must be a gzip-compressed tar archive: %v", err)
-		}
 	}
 	if spec.Entrypoint == "" {
 		spec.Entrypoint = spec.Runtime.DefaultEntrypoint()
 	}
-	if !filepath.IsLocal(spec.Entrypoint) || strings.ContainsAny(spec.Entrypoint, "\\\x00") {
-		return spec, invalid("entrypoint", "entrypoint %q must be a relative path inside the code", spec.Entrypoint)
+	entry, err := cleanEntrypoint(spec.Entrypoint)
+	if err != nil {
+		return spec, err
+	}
+	spec.Entrypoint = entry
+	if len(spec.Archive) > 0 {
+		if err := checkArchive(spec.Archive, entry); err != nil {
+			return spec, err
+		}
 	}
 	if err := validateEnv(spec.Env); err != nil {
 		return spec, err
@@ -161,4 +167,148 @@ func envName(s string) bool {
 		}
 	}
 	return true
+}
+
+// cleanEntrypoint accepts a path to a file below the code's root, in slash form ("main.py",
+// "cmd/app/main.go"; a leading "./" is dropped) and refuses anything that cannot name one:
+// ".", "..", absolute paths, empty components, a trailing slash, backslashes, NULs.
+func cleanEntrypoint(e string) (string, error) {
+	bad := func(why string) error {
+		return invalid("entrypoint", "entrypoint %q %s; name a file relative to the code's root, like main.py or cmd/app/main.go", e, why)
+	}
+	if strings.ContainsAny(e, "\\\x00") {
+		return "", bad("contains a backslash or a NUL byte")
+	}
+	if strings.HasPrefix(e, "/") {
+		return "", bad("is absolute")
+	}
+	rel := e
+	for strings.HasPrefix(rel, "./") {
+		rel = rel[2:]
+	}
+	if strings.HasSuffix(rel, "/") {
+		return "", bad("names a directory")
+	}
+	for _, part := range strings.Split(rel, "/") {
+		switch part {
+		case "", ".":
+			if rel == "" || rel == "." {
+				return "", bad("names the code's root directory")
+			}
+			return "", bad("has an empty or '.' component")
+		case "..":
+			return "", bad("leaves the code's directory")
+		}
+	}
+	return rel, nil
+}
+
+// The guest refuses archives beyond these (internal/guest/archive's DefaultLimits and
+// headerSlack; a test keeps them equal), so the host may stop reading there too: a scan
+// of the headers is then bounded in bytes decompressed and entries read.
+const (
+	archiveMaxFiles      = 10_000
+	archiveMaxTotalBytes = 256 << 20
+	archiveMaxFileBytes  = 128 << 20
+	archiveHeaderSlack   = 32 << 20
+)
+
+// checkArchive reads code_archive's tar headers, without extracting anything, and checks
+// that it is a tar.gz the guest will extract (its limits, and the lexical rules it refuses
+// an archive for) and that the entrypoint is a regular file in it or a hard link to one. A
+// later entry of a name replaces an earlier one, as in extraction.
+func checkArchive(archive []byte, entry string) error {
+	bad := func(format string, args ...any) error {
+		return invalid("code_archive", "code_archive "+format, args...)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(archive))
+	if err != nil {
+		return bad("must be a gzip-compressed tar archive: %v", err)
+	}
+	budget := &budgetReader{r: zr, n: archiveMaxTotalBytes + archiveHeaderSlack}
+	tr := tar.NewReader(budget)
+	regular := map[string]bool{} // by cleaned name: whether its last entry is a file
+	var entryType byte           // of the entrypoint's last entry; 0 when there is none
+	var total int64
+	for files := 0; ; files++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if budget.n < 0 {
+				return bad("expands to more than %d MiB", archiveMaxTotalBytes>>20)
+			}
+			return bad("is not a readable tar.gz: %v", err)
+		}
+		if files >= archiveMaxFiles {
+			return bad("has more than %d entries", archiveMaxFiles)
+		}
+		if hdr.Name == "" || strings.ContainsAny(hdr.Name, "\\\x00") || strings.HasPrefix(hdr.Name, "/") ||
+			slices.Contains(strings.Split(hdr.Name, "/"), "..") {
+			return bad("entry %q is not a relative path inside the archive", hdr.Name)
+		}
+		name := path.Clean(hdr.Name)
+		switch hdr.Typeflag {
+		case tar.TypeReg, tar.TypeRegA:
+			if hdr.Size > archiveMaxFileBytes {
+				return bad("entry %q is %d MiB; a file may have at most %d MiB", hdr.Name, hdr.Size>>20, archiveMaxFileBytes>>20)
+			}
+			if total += hdr.Size; total > archiveMaxTotalBytes {
+				return bad("expands to more than %d MiB", archiveMaxTotalBytes>>20)
+			}
+			regular[name] = true
+		case tar.TypeLink:
+			regular[name] = regular[path.Clean(hdr.Linkname)]
+		case tar.TypeDir, tar.TypeSymlink:
+			regular[name] = false
+		default:
+			return bad("entry %q is a %s, which cannot be extracted", hdr.Name, typeName(hdr.Typeflag))
+		}
+		if name == entry {
+			entryType = hdr.Typeflag
+		}
+	}
+	if regular[entry] {
+		return nil
+	}
+	why := "is not a regular file in code_archive"
+	switch entryType {
+	case 0:
+		why = "is not in code_archive"
+	case tar.TypeDir:
+		why = "is a directory in code_archive; name the file to run"
+	case tar.TypeSymlink:
+		why = "is a symbolic link in code_archive; name the file it points to"
+	}
+	return invalid("entrypoint", "entrypoint %q %s", entry, why)
+}
+
+func typeName(t byte) string {
+	switch t {
+	case tar.TypeChar, tar.TypeBlock:
+		return "device file"
+	case tar.TypeFifo:
+		return "fifo"
+	}
+	return fmt.Sprintf("entry of type %q", t)
+}
+
+// budgetReader reads at most n bytes, then fails; n goes negative once the budget is spent.
+type budgetReader struct {
+	r io.Reader
+	n int64
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		b.n = -1
+		return 0, errors.New("archive too large")
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.r.Read(p)
+	b.n -= int64(n)
+	return n, err
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -99,12 +100,17 @@ type Engine struct {
 	base       context.Context
 	cancelBase context.CancelCauseFunc
 
-	queue   chan *task
 	workers sync.WaitGroup
 	stopped chan struct{} // closed when Shutdown begins
 	flushed chan struct{} // closed when the log flusher has exited
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// queue holds admitted tasks waiting for a worker, oldest first. It is a list rather
+	// than a channel so that a task killed while queued leaves it at once: admission
+	// counts live tasks, and a dead task left in a bounded channel would take a slot that
+	// admission believes is free.
+	queue    list.List
+	ready    *sync.Cond       // signalled (with mu) when queue grows or closing is set
 	live     map[string]*task // admitted and not yet persisted as terminal
 	inflight int              // len(live), kept for admission
 	running  int
@@ -123,7 +129,6 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 	}
 	e := &Engine{
 		cfg: o.Config, st: o.Store, reg: o.Registry, log: o.Logger,
-		queue:   make(chan *task, o.MaxConcurrent+o.QueueSize),
 		stopped: make(chan struct{}),
 		flushed: make(chan struct{}),
 		live:    map[string]*task{},
@@ -133,6 +138,7 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 		return nil, fmt.Errorf("engine: metrics: %w", err)
 	}
 	e.m = m
+	e.ready = sync.NewCond(&e.mu)
 	n, err := e.st.Reconcile(ctx, RestartReason, time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
@@ -211,7 +217,7 @@ func (e *Engine) Submit(ctx context.Context, spec model.Spec) (*model.Workload, 
 		e.finish(t, outcome{status: model.StatusFailed, err: "server shut down before the workload started"})
 		return nil, ErrShuttingDown
 	}
-	e.queue <- t // never blocks: inflight bounds it by the channel's capacity
+	e.enqueueLocked(t)
 	e.mu.Unlock()
 	e.m.submitted.WithLabelValues(string(spec.Runtime)).Inc()
 	return t.snapshot(), nil
@@ -323,8 +329,14 @@ func (e *Engine) Kill(ctx context.Context, id string) (*model.Workload, error) {
 		t.mu.Unlock()
 		return nil, fmt.Errorf("%w (status %s)", ErrTerminal, st)
 	case t.w.Status == model.StatusPending:
+		// Set under t.mu, which execute holds while it moves the task to running: either
+		// execute saw killed and will not start it, or it is running and we cancel it.
 		t.killed = true
 		t.mu.Unlock()
+		if testHookKillPending != nil {
+			testHookKillPending()
+		}
+		e.dequeue(t)
 		e.finish(t, outcome{status: model.StatusKilled, err: "killed by request before it started"})
 	default:
 		t.killed = true
@@ -337,27 +349,55 @@ func (e *Engine) Kill(ctx context.Context, id string) (*model.Workload, error) {
 	return e.Wait(ctx, id)
 }
 
+// testHookKillPending, when set by a test, runs between Kill marking a queued task killed
+// and finishing it: the window in which a worker may pick the task up.
+var testHookKillPending func()
+
 func (e *Engine) lookup(id string) *task {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.live[id]
 }
 
+// enqueueLocked appends t to the queue and wakes a worker. The caller holds e.mu.
+func (e *Engine) enqueueLocked(t *task) {
+	t.elem = e.queue.PushBack(t)
+	e.ready.Signal()
+}
+
+// dequeue removes t from the queue if it is still waiting there.
+func (e *Engine) dequeue(t *task) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if t.elem != nil {
+		e.queue.Remove(t.elem)
+		t.elem = nil
+	}
+}
+
+// next blocks until a task is queued and returns it, or returns nil once Shutdown began.
+func (e *Engine) next() *task {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for e.queue.Len() == 0 && !e.closing {
+		e.ready.Wait()
+	}
+	if e.closing {
+		return nil // Shutdown fails what is still queued
+	}
+	t := e.queue.Remove(e.queue.Front()).(*task)
+	t.elem = nil
+	return t
+}
+
 func (e *Engine) worker() {
 	defer e.workers.Done()
 	for {
-		select {
-		case <-e.stopped:
+		t := e.next()
+		if t == nil {
 			return
-		case t := <-e.queue:
-			select {
-			case <-e.stopped:
-				e.finish(t, outcome{status: model.StatusFailed, err: "server shut down before the workload started"})
-				return
-			default:
-			}
-			e.execute(t)
 		}
+		e.execute(t)
 	}
 }
 
@@ -371,8 +411,8 @@ type outcome struct {
 
 func (e *Engine) execute(t *task) {
 	t.mu.Lock()
-	if t.w.Status != model.StatusPending || t.finishing {
-		t.mu.Unlock() // killed while queued; Kill finished it
+	if t.w.Status != model.StatusPending || t.finishing || t.killed {
+		t.mu.Unlock() // killed while queued; Kill finishes it
 		return
 	}
 	timeout := time.Duration(t.w.Spec.Resources.TimeoutS) * time.Second
@@ -566,16 +606,19 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		return errors.New("engine: shutdown already called")
 	}
 	e.closing = true
+	var queued []*task
+	for el := e.queue.Front(); el != nil; el = el.Next() {
+		t := el.Value.(*task)
+		t.elem = nil
+		queued = append(queued, t)
+	}
+	e.queue.Init()
+	e.ready.Broadcast()
 	e.mu.Unlock()
 	close(e.stopped)
 
-	for drained := false; !drained; {
-		select {
-		case t := <-e.queue:
-			e.finish(t, outcome{status: model.StatusFailed, err: "server shut down before the workload started"})
-		default:
-			drained = true
-		}
+	for _, t := range queued {
+		e.finish(t, outcome{status: model.StatusFailed, err: "server shut down before the workload started"})
 	}
 	workersDone := make(chan struct{})
 	go func() { e.workers.Wait(); close(workersDone) }()

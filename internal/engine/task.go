@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"container/list"
 	"context"
 	"fmt"
 	"maps"
@@ -29,6 +30,7 @@ type task struct {
 	changed   chan struct{} // closed and replaced whenever lines or status change
 	cancel    context.CancelCauseFunc
 	killed    bool
+	elem      *list.Element // its place in Engine.queue while queued (guarded by Engine.mu)
 	finishing bool            // finish has begun; the log is frozen
 	final     *model.Workload // set once the terminal status is persisted
 	limit     int

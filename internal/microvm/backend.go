@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/cleanup"
 	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/model"
@@ -31,6 +32,9 @@ type Config struct {
 	StateDir  string // per-VM state dirs live here; everything in it belongs to this backend
 	// BootTimeout bounds VMM start → agent hello (the workload's own timeout also applies).
 	BootTimeout time.Duration
+	// TeardownTimeout bounds a VM's teardown when the caller set no deadline (the
+	// engine's Cleanup brings its own); default 15s.
+	TeardownTimeout time.Duration
 	// ConsoleLimit caps each VM's console log.
 	ConsoleLimit int64
 	// ScratchMB sizes each VM's scratch disk, where the guest's writes go (sparse: it
@@ -75,6 +79,9 @@ func New(cfg Config, resolve func() (vmm.Driver, error)) (*Backend, error) {
 	}
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 60 * time.Second
+	}
+	if cfg.TeardownTimeout == 0 {
+		cfg.TeardownTimeout = 15 * time.Second
 	}
 	if cfg.ConsoleLimit == 0 {
 		cfg.ConsoleLimit = 1 << 20
@@ -184,7 +191,9 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs)
 	if v != nil {
 		defer func() {
-			if terr := v.teardown(ctx); terr != nil {
+			// Not ctx itself: it may be the workload's expired timeout. WithoutCancel
+			// drops its deadline too, so the backend's own teardown bound applies.
+			if terr := v.teardown(context.WithoutCancel(ctx)); terr != nil {
 				b.log.Warn("vm teardown", "vm", v.id, "err", terr)
 			}
 		}()
@@ -258,7 +267,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	}
 	b.vms[id] = v
 	b.mu.Unlock()
-	v.cleanup.add("forget vm", func(context.Context) error {
+	v.cleanup.Add("forget vm", func(context.Context) error {
 		b.mu.Lock()
 		delete(b.vms, id)
 		b.mu.Unlock()
@@ -270,14 +279,14 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	if err := os.MkdirAll(v.dir, 0o750); err != nil {
 		return v, fmt.Errorf("vm dir: %w", err)
 	}
-	v.cleanup.add("remove vm dir", func(context.Context) error { return os.RemoveAll(v.dir) })
+	v.cleanup.Add("remove vm dir", func(context.Context) error { return os.RemoveAll(v.dir) })
 
 	cid, err := b.cids.acquire()
 	if err != nil {
 		return v, err
 	}
 	v.cid = cid
-	v.cleanup.add("release cid", func(context.Context) error { b.cids.release(cid); return nil })
+	v.cleanup.Add("release cid", func(context.Context) error { b.cids.release(cid); return nil })
 
 	var network *vmm.Network
 	if p := job.Spec.Network; p != "" && p != model.NetworkNone {
@@ -313,7 +322,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		return v, fmt.Errorf("start %s: %w", driver.Name(), err)
 	}
 	v.machine = m
-	v.cleanup.add("stop vmm", func(ctx context.Context) error {
+	v.cleanup.Add("stop vmm", func(ctx context.Context) error {
 		// The agent powers the VM off after the exit; give it a moment before escalating.
 		select {
 		case <-m.Done():
@@ -323,7 +332,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		return m.Stop(ctx)
 	})
 	b.metrics.active.WithLabelValues(driver.Name()).Inc()
-	v.cleanup.add("active gauge", func(context.Context) error {
+	v.cleanup.Add("active gauge", func(context.Context) error {
 		b.metrics.active.WithLabelValues(driver.Name()).Dec()
 		return nil
 	})
@@ -332,7 +341,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	if err != nil {
 		return v, v.bootError(ctx, err)
 	}
-	v.cleanup.add("close agent channel", func(context.Context) error { return conn.Close() })
+	v.cleanup.Add("close agent channel", func(context.Context) error { return conn.Close() })
 	v.agent = protocol.NewConn(conn)
 	hello, err := v.agent.ReadHello(bootCtx)
 	if err != nil {
@@ -358,7 +367,7 @@ func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.Network
 	if err != nil {
 		return nil, fmt.Errorf("network %s: %w", policy, err)
 	}
-	v.cleanup.add("detach network", func(ctx context.Context) error { return b.cfg.Networker.Detach(ctx, v.id) })
+	v.cleanup.Add("detach network", func(ctx context.Context) error { return b.cfg.Networker.Detach(ctx, v.id) })
 	v.network = n
 	return n, nil
 }
@@ -378,13 +387,13 @@ type vm struct {
 	hello    *protocol.Hello
 	started  time.Time
 	bootTime time.Duration
-	cleanup  cleanupStack
+	cleanup  cleanup.Stack
 }
 
 // teardown runs the VM's cleanup stack once; later calls return its first result.
 func (v *vm) teardown(ctx context.Context) error {
 	start := time.Now()
-	ran, err := v.cleanup.run(ctx, 30*time.Second)
+	ran, err := v.cleanup.Run(ctx, v.b.cfg.TeardownTimeout)
 	if ran { // a kill's Cleanup and the run's own teardown race; count the teardown once
 		v.b.metrics.cleanup.WithLabelValues(v.driver.Name()).Observe(time.Since(start).Seconds())
 	}

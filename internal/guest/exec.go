@@ -144,7 +144,7 @@ func (a *Agent) run(ctx context.Context, ex *protocol.Exec, out *emitter) (*prot
 	}
 
 	if len(ex.Archive) > 0 {
-		if err := archive.Extract(bytes.NewReader(ex.Archive), dir, archive.DefaultLimits, owner); err != nil {
+		if err := archive.Extract(ctx, bytes.NewReader(ex.Archive), dir, archive.DefaultLimits, owner); err != nil {
 			return nil, fmt.Errorf("bad archive: %w", err)
 		}
 	} else if err := writeEntry(dir, entry, ex.Code, owner); err != nil {

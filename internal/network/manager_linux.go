@@ -283,8 +283,8 @@ func (m *Manager) cniDel(ctx context.Context, vmID string) error {
 	return m.inHost(func() error { return m.cni.DelNetworkList(ctx, m.list, rt) })
 }
 
-// Reclaim removes what a crashed run of this instance left: cached attachments (CNI DEL
-// through GC, which also collects host-local's leases), namespaces with this instance's
+// Reclaim removes what a crashed run of this instance left: cached attachments (a CNI DEL
+// of each through GC, which frees their leases), namespaces with this instance's
 // prefix, veths still on its bridge, lease files GC missed and per-VM nft rules (its
 // tables are dropped; the next Prepare rebuilds them). Everything it touches carries this
 // instance's id or is recorded under its state dir: other servers' namespaces, bridges
@@ -397,13 +397,10 @@ func (m *Manager) reclaimLegacy(ctx context.Context) (int, error) {
 		m.log.Info("reclaimed a pre-instance-id attachment", "vm", a.ContainerID, "netns", a.NetNS)
 		n++
 	}
-	// host-local's leases of the old network (GC frees those of VMs no cache knew).
-	if err := m.inHost(func() error { return m.cni.GCNetworkList(ctx, list, &libcni.GCArgs{}) }); err != nil {
-		errs = append(errs, fmt.Errorf("CNI GC: %w", err))
-	}
 	if err := errors.Join(errs...); err != nil {
 		return n, err // the old conflist stays: the next start tries again
 	}
+	// The old network's leases are this data dir's alone (those no cache entry knew too).
 	if err := os.RemoveAll(old.leaseDir()); err != nil {
 		return n, err
 	}

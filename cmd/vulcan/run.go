@@ -100,12 +100,17 @@ func runCommand() *cobra.Command {
 				return nil
 			}
 			out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			// The program's bytes as it wrote them: a partial line has no newline after it.
 			final, err := c.Follow(cmd.Context(), w.ID, func(l model.LogLine) {
+				eol := "\n"
+				if l.Partial {
+					eol = ""
+				}
 				switch l.Stream {
 				case model.Stdout:
-					fmt.Fprintln(out, l.Text)
+					io.WriteString(out, l.Text+eol)
 				case model.Stderr:
-					fmt.Fprintln(errOut, l.Text)
+					io.WriteString(errOut, l.Text+eol)
 				default:
 					fmt.Fprintln(errOut, "vulcan:", l.Text)
 				}

@@ -74,7 +74,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	defer cleanup()
 
 	eng, err := engine.New(ctx, engine.Options{
-		Config:   engine.Config{MaxConcurrent: cfg.MaxConcurrent, QueueSize: queueSize(cfg.QueueSize), OutputLimit: cfg.OutputLimit},
+		Config:   engine.Config{MaxConcurrent: cfg.MaxConcurrent, QueueSize: queueSize(cfg.QueueSize), OutputLimit: cfg.OutputLimit, OutputLineLimit: cfg.OutputLineLimit},
 		Store:    st,
 		Registry: reg,
 		Metrics:  metrics,

@@ -17,29 +17,41 @@ var ErrUnavailable = errors.New("backend unavailable")
 type Job struct {
 	WorkloadID  string
 	Spec        model.Spec // resources already defaulted and validated
-	OutputLimit int        // bytes of stdout+stderr the guest may send before truncating
+	OutputLimit int        // bytes of stdout+stderr (each line's newline counted) the guest may send
+	LineLimit   int        // lines of stdout+stderr the guest may send; 0: no cap
 }
 
-// Sink receives a workload's output lines as they appear, in order. Backends call it from
-// one goroutine at a time.
+// Sink receives a workload's output as it appears, in order. Backends call it from one
+// goroutine at a time. The program's bytes are the texts in order, each followed by a
+// newline unless it came through Partial.
 type Sink interface {
+	// Line receives one line without its newline.
 	Line(stream model.Stream, text string)
+	// Partial receives bytes not followed by a newline: a chunk of a line too long for
+	// one message, or the stream's last bytes when it did not end with a newline.
+	Partial(stream model.Stream, text string)
 }
 
 // SinkFunc adapts a function to a Sink.
-type SinkFunc func(stream model.Stream, text string)
+type SinkFunc func(stream model.Stream, text string, partial bool)
 
 // Line calls f.
-func (f SinkFunc) Line(stream model.Stream, text string) { f(stream, text) }
+func (f SinkFunc) Line(stream model.Stream, text string) { f(stream, text, false) }
+
+// Partial calls f.
+func (f SinkFunc) Partial(stream model.Stream, text string) { f(stream, text, true) }
 
 // Result is how a run ended, as far as the backend saw it. Output text reaches the engine
 // through the Sink, not here.
 type Result struct {
 	ExitCode  int
 	Signal    string // set when the program died of a signal
-	Truncated bool   // the guest dropped output past Job.OutputLimit
-	Error     string // a failure of the program's environment (build error, OOM), shown to users
-	Metadata  map[string]string
+	Truncated bool   // the guest dropped output (past Job.OutputLimit or LineLimit, or see TruncatedReason)
+	// TruncatedReason says why output was lost when it was not a limit (e.g. a process
+	// left running held the output open after the program exited); shown to users.
+	TruncatedReason string
+	Error           string // a failure of the program's environment (build error, OOM), shown to users
+	Metadata        map[string]string
 }
 
 // Capabilities describe what a backend can run.

@@ -59,7 +59,7 @@ func ControlPlane(ctx context.Context, o Options) ([]Result, error) {
 		return err
 	}
 	job := backend.Job{WorkloadID: "bench", Spec: model.Spec{Runtime: model.RuntimePython, Code: "pass"}}
-	discard := backend.SinkFunc(func(model.Stream, string) {})
+	discard := backend.SinkFunc(func(model.Stream, string, bool) {})
 	// Warm both paths (connections, SQLite pages) before timing.
 	if err := post(); err != nil {
 		return nil, err

@@ -81,7 +81,7 @@ func LogStreaming(ctx context.Context, o Options) ([]Result, error) {
 	}}
 	// The output cap must hold every line, or the throughput run would be truncated.
 	lineBytes := len(fmt.Sprintf(logLine, 0)) + 1
-	s, err := startStack(ctx, o.tempDir(), b, engine.Config{MaxConcurrent: 1, OutputLimit: max(1<<20, lineBytes*(lines+16))})
+	s, err := startStack(ctx, o.tempDir(), b, engine.Config{MaxConcurrent: 1, OutputLimit: max(1<<20, lineBytes*(lines+16)), OutputLineLimit: lines + 16})
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -27,6 +28,7 @@ type Config struct {
 	MaxConcurrent   int           // VULCAN_MAX_CONCURRENT
 	QueueSize       int           // VULCAN_QUEUE_SIZE
 	OutputLimit     int           // VULCAN_OUTPUT_LIMIT: bytes of stdout+stderr kept per workload
+	OutputLineLimit int           // VULCAN_OUTPUT_LINE_LIMIT: lines of stdout+stderr kept per workload
 	VMM             string        // VULCAN_VMM: auto | firecracker | qemu
 	FirecrackerBin  string        // VULCAN_FIRECRACKER_BIN
 	QEMUBin         string        // VULCAN_QEMU_BIN
@@ -36,6 +38,10 @@ type Config struct {
 	ScratchMB       int           // VULCAN_SCRATCH_MB: each VM's sparse scratch disk for its writes; 0 = in guest memory
 	CNIBinDir       string        // VULCAN_CNI_BIN_DIR: CNI plugins (default: cni/ next to the vulcan binary)
 	LogLevel        slog.Level    // VULCAN_LOG_LEVEL: debug | info | warn | error
+	LogFormat       string        // VULCAN_LOG_FORMAT: text | json
+	AllowedHosts    []string      // VULCAN_ALLOWED_HOSTS: Host names the API answers to besides loopback and the listen address
+	AllowedOrigins  []string      // VULCAN_ALLOWED_ORIGINS: browser origins allowed besides the server's own
+	BodyTimeout     time.Duration // VULCAN_BODY_TIMEOUT: how long a request body may take to arrive
 	ShutdownTimeout time.Duration // VULCAN_SHUTDOWN_TIMEOUT: how long SIGTERM waits for running workloads
 	Server          string        // VULCAN_SERVER: the API the CLI talks to
 }
@@ -67,6 +73,24 @@ func num(p func(*Config) *int, min int) field {
 	}, func(c *Config) string { return strconv.Itoa(*p(c)) }}
 }
 
+// list is a comma-separated setting; each item is trimmed and checked.
+func list(p func(*Config) *[]string, check func(string) error) field {
+	return field{func(c *Config, v string) error {
+		var out []string
+		for _, item := range strings.Split(v, ",") {
+			if item = strings.TrimSpace(item); item == "" {
+				continue
+			}
+			if err := check(item); err != nil {
+				return err
+			}
+			out = append(out, item)
+		}
+		*p(c) = out
+		return nil
+	}, func(c *Config) string { return strings.Join(*p(c), ",") }}
+}
+
 func entry(env, flag, usage string, f field) setting {
 	return setting{env: env, flag: flag, usage: usage, set: f.set, get: f.get}
 }
@@ -79,6 +103,7 @@ var settings = []setting{
 	entry("VULCAN_MAX_CONCURRENT", "max-concurrent", "workloads executing at once", num(func(c *Config) *int { return &c.MaxConcurrent }, 1)),
 	entry("VULCAN_QUEUE_SIZE", "queue-size", "admitted workloads waiting for a slot before submissions get 429", num(func(c *Config) *int { return &c.QueueSize }, 0)),
 	entry("VULCAN_OUTPUT_LIMIT", "output-limit", "bytes of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLimit }, 1024)),
+	entry("VULCAN_OUTPUT_LINE_LIMIT", "output-line-limit", "lines of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLineLimit }, 1)),
 	entry("VULCAN_VMM", "vmm", "virtual machine monitor: auto, firecracker or qemu", field{func(c *Config, v string) error {
 		switch v {
 		case "auto", "firecracker", "qemu":
@@ -121,6 +146,35 @@ var settings = []setting{
 	entry("VULCAN_LOG_LEVEL", "log-level", "debug, info, warn or error", field{func(c *Config, v string) error {
 		return c.LogLevel.UnmarshalText([]byte(v))
 	}, func(c *Config) string { return strings.ToLower(c.LogLevel.String()) }}),
+	entry("VULCAN_LOG_FORMAT", "log-format", "log line format: text or json", field{func(c *Config, v string) error {
+		switch v {
+		case "text", "json":
+			c.LogFormat = v
+			return nil
+		}
+		return fmt.Errorf("must be text or json, got %q", v)
+	}, func(c *Config) string { return c.LogFormat }}),
+	entry("VULCAN_ALLOWED_HOSTS", "allowed-hosts", "Host header names the API answers to besides localhost, loopback addresses and the listen address, separated by commas: name (any port) or name:port", list(func(c *Config) *[]string { return &c.AllowedHosts }, func(v string) error {
+		if strings.ContainsAny(v, "/ @") {
+			return fmt.Errorf("%q is not a host name or host:port", v)
+		}
+		return nil
+	})),
+	entry("VULCAN_ALLOWED_ORIGINS", "allowed-origins", "browser origins allowed to call the API besides its own, separated by commas, like https://ui.example", list(func(c *Config) *[]string { return &c.AllowedOrigins }, func(v string) error {
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return fmt.Errorf("%q is not an origin like https://ui.example or http://host:8080", v)
+		}
+		return nil
+	})),
+	entry("VULCAN_BODY_TIMEOUT", "body-timeout", "how long a request body may take to arrive before the request is refused (408)", field{func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("must be a positive duration like 60s, got %q", v)
+		}
+		c.BodyTimeout = d
+		return nil
+	}, func(c *Config) string { return c.BodyTimeout.String() }}),
 	entry("VULCAN_SHUTDOWN_TIMEOUT", "shutdown-timeout", "how long a stop signal waits for running workloads before cancelling them", field{func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {
@@ -147,12 +201,15 @@ func Default() *Config {
 		MaxConcurrent:   2,
 		QueueSize:       64,
 		OutputLimit:     1 << 20,
+		OutputLineLimit: 100_000,
 		VMM:             "auto",
 		QEMUAccel:       "auto",
 		NetworkSubnet:   "10.213.0.0/24",
 		NetworkDNS:      "host",
 		ScratchMB:       2048,
 		LogLevel:        slog.LevelInfo,
+		LogFormat:       "text",
+		BodyTimeout:     60 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
 		Server:          "http://127.0.0.1:8080",
 	}

@@ -44,10 +44,13 @@ var (
 
 // Config sizes the engine.
 type Config struct {
-	MaxConcurrent int          // workloads executing at once; default 2
-	QueueSize     int          // admitted workloads waiting for a slot; default 64, 0 allowed via -1
-	OutputLimit   int          // bytes of stdout+stderr kept per workload; default 1 MiB
-	Limits        model.Limits // resource defaults and bounds; zero means model.DefaultLimits
+	MaxConcurrent int // workloads executing at once; default 2
+	QueueSize     int // admitted workloads waiting for a slot; default 64, 0 allowed via -1
+	OutputLimit   int // bytes of stdout+stderr kept per workload (newlines counted); default 1 MiB
+	// OutputLineLimit caps the lines of stdout+stderr kept per workload (an empty line
+	// costs one byte, so the byte cap alone admits a million of them); default 100,000.
+	OutputLineLimit int
+	Limits          model.Limits // resource defaults and bounds; zero means model.DefaultLimits
 	// LogFlushInterval is how often live log lines are written to the store; default 200ms.
 	LogFlushInterval time.Duration
 	// TeardownTimeout bounds each backend Cleanup and the wait for backends to stop after
@@ -67,6 +70,9 @@ func (c *Config) defaults() {
 	}
 	if c.OutputLimit <= 0 {
 		c.OutputLimit = 1 << 20
+	}
+	if c.OutputLineLimit <= 0 {
+		c.OutputLineLimit = 100_000
 	}
 	if c.Limits == (model.Limits{}) {
 		c.Limits = model.DefaultLimits
@@ -185,7 +191,7 @@ func (e *Engine) Submit(ctx context.Context, spec model.Spec) (*model.Workload, 
 	t := newTask(&model.Workload{
 		ID: ulid.Make().String(), Status: model.StatusPending, Spec: spec, Backend: b.Name(),
 		CreatedAt: time.Now().UTC(), Metadata: map[string]string{},
-	}, b, e.cfg.OutputLimit)
+	}, b, e.cfg.OutputLimit, e.cfg.OutputLineLimit)
 
 	e.mu.Lock()
 	switch {
@@ -340,7 +346,7 @@ func (e *Engine) Kill(ctx context.Context, id string) (*model.Workload, error) {
 		e.finish(t, outcome{status: model.StatusKilled, err: "killed by request before it started"})
 	default:
 		t.killed = true
-		t.appendLocked(model.System, "killed by request")
+		t.appendLocked(model.System, "killed by request", false)
 		cancel := t.cancel
 		t.mu.Unlock()
 		// The worker sees the cause, calls the backend's Cleanup and persists "killed".
@@ -441,7 +447,7 @@ func (e *Engine) execute(t *task) {
 		e.finish(t, outcome{status: model.StatusFailed, err: "internal error: could not record the start"})
 		return
 	}
-	job := backend.Job{WorkloadID: t.id, Spec: t.w.Spec, OutputLimit: e.cfg.OutputLimit}
+	job := backend.Job{WorkloadID: t.id, Spec: t.w.Spec, OutputLimit: e.cfg.OutputLimit, LineLimit: e.cfg.OutputLineLimit}
 	res, err := e.safeExecute(ctx, t.backend, job, taskSink{t})
 
 	var o outcome
@@ -476,7 +482,7 @@ func (e *Engine) execute(t *task) {
 	}
 	// Kill already logged its line when it happened (so live viewers see it at once).
 	if o.status != model.StatusCompleted && o.exit == nil && !killed {
-		t.append(model.System, o.err)
+		t.append(model.System, o.err, false)
 	}
 	if ctx.Err() != nil || err != nil {
 		// The backend promised to release everything when ctx ends, but a leaked VM costs
@@ -507,6 +513,14 @@ func (e *Engine) finish(t *task, o outcome) {
 	if t.finishing {
 		t.mu.Unlock()
 		return
+	}
+	if o.res.Truncated && !t.truncated {
+		// The guest dropped output the host never saw: say so, as the host does for its own caps.
+		why := o.res.TruncatedReason
+		if why == "" {
+			why = "output truncated by the guest at its output limit"
+		}
+		t.truncateLocked(why)
 	}
 	t.finishing = true // later sink lines are dropped; the log is now complete
 	now := time.Now().UTC()

@@ -22,7 +22,8 @@ type task struct {
 	mu        sync.Mutex
 	w         *model.Workload // status, timestamps; output is built in out*
 	lines     []model.LogLine // every line so far; lines[i].Seq == i+1
-	outBytes  int
+	outBytes  int             // stdout+stderr bytes kept, newlines included
+	outLines  int             // stdout+stderr lines kept
 	truncated bool
 	out       strings.Builder
 	stdout    strings.Builder
@@ -30,10 +31,11 @@ type task struct {
 	changed   chan struct{} // closed and replaced whenever lines or status change
 	cancel    context.CancelCauseFunc
 	killed    bool
-	elem      *list.Element // its place in Engine.queue while queued (guarded by Engine.mu)
+	elem      *list.Element   // its place in Engine.queue while queued (guarded by Engine.mu)
 	finishing bool            // finish has begun; the log is frozen
 	final     *model.Workload // set once the terminal status is persisted
-	limit     int
+	limit     int             // OutputLimit: bytes
+	lineLimit int             // OutputLineLimit: lines (0: none)
 
 	// flushMu serialises writes of this task's lines so each is written exactly once;
 	// persisted (guarded by it) counts the lines already in the store.
@@ -43,8 +45,9 @@ type task struct {
 	finished chan struct{} // closed after final is set
 }
 
-func newTask(w *model.Workload, b backend.Backend, outputLimit int) *task {
-	return &task{id: w.ID, backend: b, w: w, limit: outputLimit, changed: make(chan struct{}), finished: make(chan struct{})}
+func newTask(w *model.Workload, b backend.Backend, outputLimit, lineLimit int) *task {
+	return &task{id: w.ID, backend: b, w: w, limit: outputLimit, lineLimit: lineLimit,
+		changed: make(chan struct{}), finished: make(chan struct{})}
 }
 
 // copyLocked returns a copy of the workload with the output collected so far.
@@ -71,14 +74,16 @@ func (t *task) broadcastLocked() {
 	t.changed = make(chan struct{})
 }
 
-func (t *task) append(stream model.Stream, text string) {
+func (t *task) append(stream model.Stream, text string, partial bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.appendLocked(stream, text)
+	t.appendLocked(stream, text, partial)
 }
 
-// appendLocked records one line, enforcing the output cap on stdout and stderr.
-func (t *task) appendLocked(stream model.Stream, text string) {
+// appendLocked records one line (or, when partial, bytes not followed by a newline),
+// enforcing the output caps on stdout and stderr: bytes (each newline counted) and lines.
+// Past a cap the rest is dropped, and one system line says which cap was reached.
+func (t *task) appendLocked(stream model.Stream, text string, partial bool) {
 	if t.finishing {
 		return
 	}
@@ -88,47 +93,67 @@ func (t *task) appendLocked(stream model.Stream, text string) {
 		stream = model.Stdout
 	}
 	text = strings.ToValidUTF8(text, "\uFFFD")
-	if stream != model.System {
-		room := t.limitBytes() - t.outBytes
-		if len(text)+1 > room {
-			if t.truncated {
-				return
-			}
-			t.truncated = true
-			// Keep what fits of the line that crossed the limit, cut on a rune boundary.
-			if cut := room - 1; cut > 0 {
-				for cut > 0 && !utf8.RuneStart(text[cut]) {
-					cut--
-				}
-				t.record(stream, text[:cut])
-			}
-			t.outBytes = t.limitBytes()
-			t.record(model.System, fmt.Sprintf("output truncated: the limit of %d bytes was reached", t.limitBytes()))
-			t.broadcastLocked()
-			return
-		}
+	if stream == model.System {
+		t.record(stream, text, false)
+		t.broadcastLocked()
+		return
 	}
-	t.record(stream, text)
+	if t.truncated {
+		return
+	}
+	if t.lineLimit > 0 && t.outLines >= t.lineLimit {
+		t.truncateLocked(fmt.Sprintf("output truncated: the limit of %d lines was reached", t.lineLimit))
+		return
+	}
+	cost := len(text)
+	if !partial {
+		cost++
+	}
+	if room := t.limit - t.outBytes; cost > room {
+		// Keep what fits of the line that crossed the limit, cut on a rune boundary; its
+		// newline did not fit, so it is stored as partial.
+		cut := min(room, len(text))
+		for cut > 0 && cut < len(text) && !utf8.RuneStart(text[cut]) {
+			cut--
+		}
+		if cut > 0 {
+			t.record(stream, text[:cut], true)
+		}
+		t.truncateLocked(fmt.Sprintf("output truncated: the limit of %d bytes was reached", t.limit))
+		return
+	}
+	t.record(stream, text, partial)
 	t.broadcastLocked()
 }
 
-func (t *task) record(stream model.Stream, text string) {
-	t.lines = append(t.lines, model.LogLine{Seq: int64(len(t.lines) + 1), Stream: stream, Text: text, Time: time.Now().UTC()})
+// truncateLocked marks the output truncated and says why in a system line.
+func (t *task) truncateLocked(why string) {
+	t.truncated = true
+	t.record(model.System, why, false)
+	t.broadcastLocked()
+}
+
+func (t *task) record(stream model.Stream, text string, partial bool) {
+	t.lines = append(t.lines, model.LogLine{Seq: int64(len(t.lines) + 1), Stream: stream, Text: text, Partial: partial, Time: time.Now().UTC()})
 	if stream == model.System {
 		return
 	}
-	t.outBytes += len(text) + 1
-	t.out.WriteString(text)
-	t.out.WriteByte('\n')
+	t.outLines++
+	t.outBytes += len(text)
+	if !partial {
+		t.outBytes++
+	}
 	b := &t.stdout
 	if stream == model.Stderr {
 		b = &t.stderr
 	}
+	t.out.WriteString(text)
 	b.WriteString(text)
-	b.WriteByte('\n')
+	if !partial {
+		t.out.WriteByte('\n')
+		b.WriteByte('\n')
+	}
 }
-
-func (t *task) limitBytes() int { return t.limit }
 
 // linesAfter returns up to limit lines with seq > after, the channel that will be closed
 // at the next change, and the final workload if the task has ended.
@@ -152,4 +177,6 @@ func (t *task) linesAfter(after int64, limit int) ([]model.LogLine, <-chan struc
 // taskSink is the Sink a backend writes a task's output to.
 type taskSink struct{ t *task }
 
-func (s taskSink) Line(stream model.Stream, text string) { s.t.append(stream, text) }
+func (s taskSink) Line(stream model.Stream, text string) { s.t.append(stream, text, false) }
+
+func (s taskSink) Partial(stream model.Stream, text string) { s.t.append(stream, text, true) }

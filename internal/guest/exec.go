@@ -31,11 +31,6 @@ var (
 	errTimeout   = errors.New("timeout")
 )
 
-// drainGrace bounds how long output is still read after the workload's
-// process exits: a background process that escaped its process group may
-// keep the pipes open forever.
-const drainGrace = 200 * time.Millisecond
-
 // execute runs one exec and always returns an exit to send.
 func (a *Agent) execute(ctx context.Context, ex *protocol.Exec, send func(*protocol.Message) error) *protocol.Exit {
 	start := time.Now()
@@ -43,7 +38,7 @@ func (a *Agent) execute(ctx context.Context, ex *protocol.Exec, send func(*proto
 	if limit <= 0 {
 		limit = a.cfg.OutputLimit
 	}
-	out := &emitter{send: send, limit: limit}
+	out := &emitter{send: send, limit: limit, lineLimit: ex.LineLimit}
 	if ex.TimeoutMS > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, time.Duration(ex.TimeoutMS)*time.Millisecond, errTimeout)
@@ -61,7 +56,7 @@ func (a *Agent) execute(ctx context.Context, ex *protocol.Exec, send func(*proto
 		exit.Cancelled = true
 		exit.Error = "cancelled"
 	}
-	exit.Truncated = out.wasTruncated()
+	exit.Truncated, exit.OutputCut = out.state()
 	exit.DurationMS = time.Since(start).Milliseconds()
 	a.log.Info("exec done", "id", ex.ID, "runtime", ex.Runtime, "code", exit.Code,
 		"signal", exit.Signal, "error", exit.Error, "ms", exit.DurationMS)
@@ -278,9 +273,10 @@ func (a *Agent) spawnWorkload(ctx context.Context, argv []string, dir string, en
 		inW.Write(stdin)
 		inW.Close()
 	}()
+	exitSig := newExitSignal()
 	var pumps sync.WaitGroup
-	pumps.Go(func() { pump(outR, protocol.Stdout, a.cfg.MaxLine, out) })
-	pumps.Go(func() { pump(errR, protocol.Stderr, a.cfg.MaxLine, out) })
+	pumps.Go(func() { pump(outR, protocol.Stdout, a.cfg.MaxLine, out, exitSig) })
+	pumps.Go(func() { pump(errR, protocol.Stderr, a.cfg.MaxLine, out, exitSig) })
 
 	exited := make(chan syscall.WaitStatus, 1)
 	go func() { exited <- wait() }()
@@ -291,9 +287,12 @@ func (a *Agent) spawnWorkload(ctx context.Context, argv []string, dir string, en
 		syscall.Kill(-pid, syscall.SIGKILL)
 		ws = <-exited
 	}
-	// Whatever the program left running in its group goes with it.
+	// Whatever the program left running in its group goes with it; then the
+	// pipes are drained (see pump) — to EOF, unless something outside the
+	// group still holds them.
 	syscall.Kill(-pid, syscall.SIGKILL)
-	deadline := time.Now().Add(drainGrace)
+	exitSig.fire()
+	deadline := time.Now().Add(drainIdle)
 	outR.SetReadDeadline(deadline)
 	errR.SetReadDeadline(deadline)
 	pumps.Wait()

@@ -6,47 +6,68 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/vulcanhq/vulcan/internal/protocol"
 )
 
-// emitter numbers output messages and enforces the output limit. It holds
+// emitter numbers output messages and enforces the output limits. It holds
 // its lock while sending so that Seq order is wire order.
 type emitter struct {
 	mu        sync.Mutex
 	send      func(*protocol.Message) error
 	seq       uint64
-	sent      int64
+	sent      int64 // bytes, each complete line counting its newline
 	limit     int64
+	lineLimit int64 // 0: none
 	truncated bool
+	cut       bool  // the drain after exit was cut short
 	err       error // first send error; later output is discarded
 }
 
-func (e *emitter) emit(stream string, b []byte) {
+// emit sends b as one message: a line (partial false) or bytes not followed
+// by a newline (partial true).
+func (e *emitter) emit(stream string, b []byte, partial bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.truncated || e.err != nil {
 		return
 	}
-	if room := e.limit - e.sent; int64(len(b)) > room {
+	if e.lineLimit > 0 && int64(e.seq) >= e.lineLimit {
+		e.truncated = true
+		return
+	}
+	cost := int64(len(b))
+	if !partial {
+		cost++
+	}
+	if room := e.limit - e.sent; cost > room {
+		// Keep what fits, as a partial line: its newline did not fit.
 		e.truncated = true
 		b = b[:runeCut(b, int(room))]
 		if len(b) == 0 {
 			return
 		}
+		partial, cost = true, int64(len(b))
 	}
 	e.seq++
-	e.sent += int64(len(b))
+	e.sent += cost
 	e.err = e.send(&protocol.Message{Type: protocol.TypeOutput, Output: &protocol.Output{
-		Seq: e.seq, Stream: stream, Data: string(b),
+		Seq: e.seq, Stream: stream, Data: string(b), Partial: partial,
 	}})
 }
 
-func (e *emitter) wasTruncated() bool {
+func (e *emitter) markCut() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.truncated
+	e.cut = true
+}
+
+func (e *emitter) state() (truncated, cut bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.truncated || e.cut, e.cut
 }
 
 // runeCut returns n, or less so that b[:n] does not end inside a UTF-8
@@ -63,19 +84,58 @@ func runeCut(b []byte, n int) int {
 	return n
 }
 
-// pump reads one stream of the workload until EOF or the read deadline and
-// emits it line by line; lines longer than maxLine go out in chunks.
-func pump(r *os.File, stream string, maxLine int, e *emitter) {
+// Draining after the program has exited. Its process group is killed then,
+// so EOF comes at once unless a process that left the group (setsid, a
+// daemon) still holds the pipe. The pipe is read for as long as it has
+// bytes in it; once a read has waited drainIdle on an empty pipe without
+// EOF, or after drainMax in all, the rest is given up and the exec reports
+// OutputCut.
+const (
+	drainIdle = 500 * time.Millisecond
+	drainMax  = 5 * time.Second
+)
+
+// exitSignal tells the pumps when the program exited: at is set before
+// done is closed.
+type exitSignal struct {
+	done chan struct{}
+	at   time.Time
+}
+
+func newExitSignal() *exitSignal { return &exitSignal{done: make(chan struct{})} }
+
+func (x *exitSignal) fire() {
+	x.at = time.Now()
+	close(x.done)
+}
+
+// exitedAt is when the program exited, or the zero time while it runs.
+func (x *exitSignal) exitedAt() time.Time {
+	select {
+	case <-x.done:
+		return x.at
+	default:
+		return time.Time{}
+	}
+}
+
+// pump reads one stream of the workload until EOF and emits it line by
+// line; lines longer than maxLine go out in partial chunks. Once exit has
+// fired (and the caller set a read deadline) the drain rules above apply. Reads never stop on a deadline while the pipe still holds bytes:
+// the deadline may pass while a send to a slow host blocks, and bytes the
+// program wrote before it exited are never dropped for that.
+func pump(r *os.File, stream string, maxLine int, e *emitter, exit *exitSignal) {
 	const readSize = 32 << 10
 	store := make([]byte, maxLine+readSize)
 	buf := store[:0]
 	for {
+		readAt := time.Now()
 		n, err := r.Read(store[len(buf) : len(buf)+readSize])
 		buf = store[:len(buf)+n]
 		for {
 			i := bytes.IndexByte(buf, '\n')
 			if i >= 0 && i <= maxLine {
-				e.emit(stream, buf[:i])
+				e.emit(stream, buf[:i], false)
 				buf = buf[i+1:]
 				continue
 			}
@@ -84,19 +144,31 @@ func pump(r *os.File, stream string, maxLine int, e *emitter) {
 				if cut == 0 {
 					cut = maxLine
 				}
-				e.emit(stream, buf[:cut])
+				e.emit(stream, buf[:cut], true)
 				buf = buf[cut:]
 				continue
 			}
 			break
 		}
 		buf = store[:copy(store, buf)]
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The deadline may have passed while emit blocked on a slow host, in which
+			// case this read did not wait at all: only a read that waited drainIdle on an
+			// empty pipe proves a writer outside the group is holding it.
+			at := exit.exitedAt()
+			waited := time.Since(readAt) >= drainIdle
+			if !at.IsZero() && time.Since(at) < drainMax && (pipeBuffered(r) > 0 || !waited) {
+				r.SetReadDeadline(time.Now().Add(drainIdle))
+				continue
+			}
+			e.markCut()
+		}
 		if err != nil {
 			if len(buf) > 0 {
-				e.emit(stream, buf)
+				e.emit(stream, buf, true)
 			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, os.ErrClosed) {
-				e.emit(protocol.Stderr, []byte("vulcan-guest: reading "+stream+": "+err.Error()))
+				e.emit(protocol.Stderr, []byte("vulcan-guest: reading "+stream+": "+err.Error()), false)
 			}
 			return
 		}

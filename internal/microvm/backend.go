@@ -210,7 +210,11 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 		if o.Stream == "stderr" {
 			stream = model.Stderr
 		}
-		sink.Line(stream, o.Data)
+		if o.Partial {
+			sink.Partial(stream, o.Data)
+		} else {
+			sink.Line(stream, o.Data)
+		}
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -224,7 +228,10 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 	if overhead := time.Since(sent) - time.Duration(exit.DurationMS)*time.Millisecond; overhead > 0 {
 		b.metrics.roundtrip.WithLabelValues(vmmName).Observe(overhead.Seconds())
 	}
-	res.ExitCode, res.Signal, res.Truncated, res.Error = exit.Code, exit.Signal, exit.Truncated, exit.Error
+	res.ExitCode, res.Signal, res.Truncated, res.Error = exit.Code, exit.Signal, exit.Truncated || exit.OutputCut, exit.Error
+	if exit.OutputCut {
+		res.TruncatedReason = "output cut: a process the program left running kept stdout or stderr open after it exited; what it wrote after the drain was lost"
+	}
 	switch {
 	case exit.TimedOut:
 		outcome = "timeout"
@@ -252,6 +259,7 @@ func execFor(job backend.Job) *protocol.Exec {
 		Env:             spec.Env,
 		TimeoutMS:       int64(spec.Resources.TimeoutS) * 1000,
 		OutputLimit:     int64(job.OutputLimit),
+		LineLimit:       int64(job.LineLimit),
 	}
 }
 

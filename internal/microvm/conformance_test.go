@@ -65,9 +65,10 @@ func shortDir(t *testing.T) string {
 }
 
 type line struct {
-	stream model.Stream
-	text   string
-	at     time.Time
+	stream  model.Stream
+	text    string
+	partial bool
+	at      time.Time
 }
 
 type recorder struct {
@@ -79,11 +80,32 @@ type recorder struct {
 
 func newRecorder() *recorder { return &recorder{first: make(chan struct{})} }
 
-func (r *recorder) Line(s model.Stream, text string) {
+func (r *recorder) Line(s model.Stream, text string) { r.add(s, text, false) }
+
+func (r *recorder) Partial(s model.Stream, text string) { r.add(s, text, true) }
+
+func (r *recorder) add(s model.Stream, text string, partial bool) {
 	r.mu.Lock()
-	r.lines = append(r.lines, line{s, text, time.Now()})
+	r.lines = append(r.lines, line{s, text, partial, time.Now()})
 	r.mu.Unlock()
 	r.once.Do(func() { close(r.first) })
+}
+
+// bytes is what the sink received of stream s, put back together: each text followed by
+// a newline unless it was partial.
+func (r *recorder) bytes(s model.Stream) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b []byte
+	for _, l := range r.lines {
+		if l.stream == s {
+			b = append(b, l.text...)
+			if !l.partial {
+				b = append(b, '\n')
+			}
+		}
+	}
+	return b
 }
 
 func (r *recorder) text(s model.Stream) string {
@@ -321,6 +343,8 @@ func runConformance(t *testing.T, h *harness, runtimes []model.Runtime) {
 			t.Errorf("stdout %q", got)
 		}
 	})
+
+	runOutputIntegrity(t, h)
 
 	t.Run("metrics", func(t *testing.T) {
 		if n := testutil.CollectAndCount(h.b.metrics.boot); n == 0 {

@@ -256,9 +256,12 @@ const (
 )
 
 // LogLine is one line of a workload's output, numbered from 1 in the order it arrived.
+// Text has no newline; one followed it in the program's stream unless Partial is set (a
+// chunk of a line too long for one message, or a stream's last bytes without a newline).
 type LogLine struct {
-	Seq    int64     `json:"seq"`
-	Stream Stream    `json:"stream"`
-	Text   string    `json:"text"`
-	Time   time.Time `json:"time"`
+	Seq     int64     `json:"seq"`
+	Stream  Stream    `json:"stream"`
+	Text    string    `json:"text"`
+	Partial bool      `json:"partial,omitempty"`
+	Time    time.Time `json:"time"`
 }

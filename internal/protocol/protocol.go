@@ -25,7 +25,9 @@ import (
 
 // Version is the protocol version. The guest announces it in Hello and the
 // host repeats it in Exec; either side refuses a version it does not speak.
-const Version = 1
+// Version 2: Output.Partial, Exec.LineLimit, Exit.OutputCut, and the output
+// limit counts each line's newline.
+const Version = 2
 
 // MaxFrameSize bounds the JSON body of one frame. It is sized for an exec
 // frame: JSON carries Archive as base64, so the archive itself must stay
@@ -112,19 +114,25 @@ type Exec struct {
 	Env        map[string]string `json:"env,omitempty"`
 	// TimeoutMS bounds the whole exec (including a go build); 0 means none.
 	TimeoutMS int64 `json:"timeout_ms,omitempty"`
-	// OutputLimit caps the bytes of Output.Data sent back; 0 means the
-	// agent's default.
+	// OutputLimit caps the bytes of stdout+stderr sent back, each complete
+	// line counting its newline; 0 means the agent's default.
 	OutputLimit int64 `json:"output_limit,omitempty"`
+	// LineLimit caps the number of Output messages; 0 means no cap.
+	LineLimit int64 `json:"line_limit,omitempty"`
 }
 
 // Output is one line (without its newline) of the workload's stdout or
-// stderr, or a chunk of a line longer than the agent's maximum. Bytes that
+// stderr, or, when Partial, bytes not followed by a newline: a chunk of a
+// line longer than the agent's maximum, or a stream's last bytes when it
+// did not end with a newline. Concatenating Data, with a newline after each
+// message that is not Partial, gives back the stream's bytes. Bytes that
 // are not valid UTF-8 reach the host as U+FFFD.
 type Output struct {
 	// Seq starts at 1 for each exec and strictly increases across both streams.
-	Seq    uint64 `json:"seq"`
-	Stream string `json:"stream"` // stdout | stderr
-	Data   string `json:"data"`
+	Seq     uint64 `json:"seq"`
+	Stream  string `json:"stream"` // stdout | stderr
+	Data    string `json:"data"`
+	Partial bool   `json:"partial,omitempty"`
 }
 
 // Exit ends an exec.
@@ -134,9 +142,13 @@ type Exit struct {
 	Code       int    `json:"code"`
 	Signal     string `json:"signal,omitempty"` // e.g. "killed"
 	DurationMS int64  `json:"duration_ms"`
-	// Truncated: output went over the limit; the rest was discarded while
-	// the program kept running.
+	// Truncated: output went over the limit (or OutputCut); the rest was
+	// discarded while the program kept running.
 	Truncated bool `json:"truncated,omitempty"`
+	// OutputCut: after the program exited, a process it left outside its
+	// process group still held stdout or stderr open, and the agent stopped
+	// reading after a bounded drain; what that process wrote later is lost.
+	OutputCut bool `json:"output_cut,omitempty"`
 	// Error describes a failure of the environment rather than of the user's
 	// program: bad archive, runtime missing, timeout, cancelled.
 	Error     string `json:"error,omitempty"`

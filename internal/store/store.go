@@ -265,20 +265,20 @@ func (s *Store) AppendLogs(ctx context.Context, id string, lines []model.LogLine
 }
 
 // logBatch keeps each INSERT under SQLite's default limit of 32766 bound parameters.
-const logBatch = 500
+const logBatch = 400
 
 func appendLogs(ctx context.Context, tx *sql.Tx, id string, lines []model.LogLine) error {
 	for len(lines) > 0 {
 		n := min(len(lines), logBatch)
 		var q strings.Builder
-		q.WriteString("INSERT INTO log_lines (workload_id, seq, stream, text, time) VALUES ")
-		args := make([]any, 0, n*5)
+		q.WriteString("INSERT INTO log_lines (workload_id, seq, stream, text, time, partial) VALUES ")
+		args := make([]any, 0, n*6)
 		for i, l := range lines[:n] {
 			if i > 0 {
 				q.WriteByte(',')
 			}
-			q.WriteString("(?,?,?,?,?)")
-			args = append(args, id, l.Seq, l.Stream, l.Text, l.Time.UnixNano())
+			q.WriteString("(?,?,?,?,?,?)")
+			args = append(args, id, l.Seq, l.Stream, l.Text, l.Time.UnixNano(), l.Partial)
 		}
 		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
 			return err
@@ -295,7 +295,7 @@ func (s *Store) Logs(ctx context.Context, id string, after int64, limit int) ([]
 		limit = -1
 	}
 	rows, err := s.r.QueryContext(ctx,
-		"SELECT seq, stream, text, time FROM log_lines WHERE workload_id = ? AND seq > ? ORDER BY seq LIMIT ?", id, after, limit)
+		"SELECT seq, stream, text, time, partial FROM log_lines WHERE workload_id = ? AND seq > ? ORDER BY seq LIMIT ?", id, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: logs %s: %w", id, err)
 	}
@@ -304,7 +304,7 @@ func (s *Store) Logs(ctx context.Context, id string, after int64, limit int) ([]
 	for rows.Next() {
 		var l model.LogLine
 		var t int64
-		if err := rows.Scan(&l.Seq, &l.Stream, &l.Text, &t); err != nil {
+		if err := rows.Scan(&l.Seq, &l.Stream, &l.Text, &t, &l.Partial); err != nil {
 			return nil, fmt.Errorf("store: logs %s: %w", id, err)
 		}
 		l.Time = time.Unix(0, t).UTC()

@@ -414,21 +414,46 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// History pages: a log can hold up to the engine's line cap, which is too much for one
+// response; a client pages with after=next_after while more is true.
+const (
+	historyDefaultLimit = 1000
+	historyMaxLimit     = 10000
+)
+
 func (s *Server) logsHistory(w http.ResponseWriter, r *http.Request) {
-	after, err := seqParam(r.URL.Query().Get("after"))
+	q := r.URL.Query()
+	after, err := seqParam(q.Get("after"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	lines, err := s.o.Engine.Logs(r.Context(), chi.URLParam(r, "id"), after, 0)
+	limit := historyDefaultLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > historyMaxLimit {
+			s.writeError(w, r, fmt.Errorf("%w: limit must be an integer from 1 to %d, got %q", engine.ErrInvalid, historyMaxLimit, v))
+			return
+		}
+		limit = n
+	}
+	// One more than asked tells whether another page follows.
+	lines, err := s.o.Engine.Logs(r.Context(), chi.URLParam(r, "id"), after, limit+1)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if lines == nil {
-		lines = []model.LogLine{}
+	page := LogHistory{Lines: lines, NextAfter: after}
+	if len(lines) > limit {
+		page.Lines, page.More = lines[:limit], true
 	}
-	writeJSON(w, http.StatusOK, LogHistory{Lines: lines})
+	if page.Lines == nil {
+		page.Lines = []model.LogLine{}
+	}
+	if n := len(page.Lines); n > 0 {
+		page.NextAfter = page.Lines[n-1].Seq
+	}
+	writeJSON(w, http.StatusOK, page)
 }
 
 func seqParam(v string) (int64, error) {

@@ -59,9 +59,14 @@ type WorkloadList struct {
 	Offset    int        `json:"offset"`
 }
 
-// LogHistory is the body of GET /v1/workloads/{id}/logs/history.
+// LogHistory is the body of GET /v1/workloads/{id}/logs/history: one page of lines.
 type LogHistory struct {
 	Lines []model.LogLine `json:"lines"`
+	// NextAfter is the seq to pass as after for the next page (the last line's, or the
+	// request's after when the page is empty).
+	NextAfter int64 `json:"next_after"`
+	// More is true when lines past this page exist already.
+	More bool `json:"more"`
 }
 
 // Backends is the body of GET /v1/backends.

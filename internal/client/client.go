@@ -139,10 +139,22 @@ func (c *Client) List(ctx context.Context, o ListOptions) (*api.WorkloadList, er
 	return &l, c.do(ctx, http.MethodGet, "/v1/workloads?"+q.Encode(), nil, &l)
 }
 
-// Logs returns the log so far.
+// Logs returns the log so far, reading it page by page.
 func (c *Client) Logs(ctx context.Context, id string) ([]model.LogLine, error) {
-	var h api.LogHistory
-	return h.Lines, c.do(ctx, http.MethodGet, "/v1/workloads/"+url.PathEscape(id)+"/logs/history", nil, &h)
+	var all []model.LogLine
+	var after int64
+	for {
+		var h api.LogHistory
+		path := "/v1/workloads/" + url.PathEscape(id) + "/logs/history?limit=10000&after=" + strconv.FormatInt(after, 10)
+		if err := c.do(ctx, http.MethodGet, path, nil, &h); err != nil {
+			return all, err
+		}
+		all = append(all, h.Lines...)
+		if !h.More || h.NextAfter <= after {
+			return all, nil
+		}
+		after = h.NextAfter
+	}
 }
 
 // Backends lists the server's backends.

@@ -141,8 +141,13 @@ export function render(main, { params }) {
     if (historyMerged) return;
     historyMerged = true;
     try {
-      const { lines } = await get(`/v1/workloads/${id}/logs/history`, { signal: ctl.signal });
-      for (const l of lines) addLine(l);
+      // The history comes in pages (at most 10,000 lines each).
+      for (let after = 0; ;) {
+        const page = await get(`/v1/workloads/${id}/logs/history?limit=10000&after=${after}`, { signal: ctl.signal });
+        for (const l of page.lines) addLine(l);
+        if (!page.more || page.next_after <= after) break;
+        after = page.next_after;
+      }
       logState.textContent = `${seen.size} line${seen.size === 1 ? "" : "s"}`;
       logList.dataset.complete = "true";
     } catch (err) {

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"strconv"
@@ -164,6 +165,40 @@ func TestAC4OutputAndExitCodes(t *testing.T) {
 	// The CLI gives the program's exit code as its own.
 	if out, code := s.vulcan("run", "--runtime", "python", "--code", "print('cli'); raise SystemExit(5)"); code != 5 || strings.TrimSpace(out) != "cli" {
 		t.Errorf("vulcan run: exit %d output %q", code, out)
+	}
+
+	// Nothing lost on the way to the store: 10,000 printed lines (this stored ~1,860 and
+	// said completed before the agent drained to EOF), a last line without a newline, and
+	// a line longer than one agent message — the stored stdout, the stored log and what
+	// `vulcan run` prints are the bytes written.
+	code := "import sys\nfor i in range(10000): print(i)\nsys.stdout.write('x' * 70000 + '\\n')\nsys.stdout.write('tail without newline')\n"
+	var want strings.Builder
+	for i := range 10000 {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	want.WriteString(strings.Repeat("x", 70000) + "\n" + "tail without newline")
+	many := mustRun(t, s, spec(model.RuntimePython, code))
+	if many.Status != model.StatusCompleted || many.Truncated || many.Stdout != want.String() {
+		t.Errorf("10,000 lines: status %s truncated %v, stdout %d bytes, want %d", many.Status, many.Truncated, len(many.Stdout), want.Len())
+	}
+	lines, err := s.c.Logs(ctxFor(t, time.Minute), many.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored strings.Builder
+	for _, l := range lines {
+		if l.Stream == model.Stdout {
+			stored.WriteString(l.Text)
+			if !l.Partial {
+				stored.WriteByte('\n')
+			}
+		}
+	}
+	if stored.String() != want.String() {
+		t.Errorf("stored log: %d bytes, want %d", stored.Len(), want.Len())
+	}
+	if out, code := s.vulcan("run", "--runtime", "python", "--code", "import sys; sys.stdout.write('a\\nb')"); code != 0 || out != "a\nb" {
+		t.Errorf("vulcan run without a final newline: exit %d output %q", code, out)
 	}
 }
 

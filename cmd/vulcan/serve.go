@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -37,7 +38,8 @@ func serveCommand() *cobra.Command {
 		},
 	}
 	config.RegisterFlags(cmd.Flags(), "listen", "data-dir", "images-dir", "max-concurrent", "queue-size", "output-limit",
-		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "network-dns", "scratch-mb", "cni-bin-dir", "log-level", "shutdown-timeout")
+		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "network-dns", "scratch-mb", "cni-bin-dir", "log-level", "log-format",
+		"allowed-hosts", "allowed-origins", "body-timeout", "shutdown-timeout")
 	return cmd
 }
 
@@ -47,7 +49,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	if err := cfg.ValidateServe(); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log := newLogger(cfg, logOut)
 	slog.SetDefault(log)
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -84,6 +86,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 		return err
 	}
 	handler, err := api.New(api.Options{Engine: eng, Registry: reg, Token: cfg.APIToken, Logger: log, Metrics: metrics, Gatherer: metrics,
+		AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...), AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout,
 		Dashboard: dashboard.New()})
 	if err != nil {
 		eng.Shutdown(ctx)
@@ -94,7 +97,11 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 		eng.Shutdown(context.Background())
 		return err
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// No ReadTimeout or WriteTimeout: the API bounds each request body itself
+	// (VULCAN_BODY_TIMEOUT), and a whole-response deadline would cut sync runs and SSE
+	// streams. MaxHeaderBytes stays above api.MaxHeaderBytes, which answers in JSON; past
+	// this one net/http answers 431 in plain text before any handler runs.
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 1 << 20}
 	for _, s := range reg.Statuses(ctx) {
 		log.Info("backend", "name", s.Name, "available", s.Available, "reason", s.Reason)
 	}
@@ -132,4 +139,13 @@ func queueSize(n int) int {
 		return -1
 	}
 	return n
+}
+
+// newLogger is the server's slog logger, in VULCAN_LOG_FORMAT (text or json).
+func newLogger(cfg *config.Config, out io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(out, opts))
+	}
+	return slog.New(slog.NewTextHandler(out, opts))
 }

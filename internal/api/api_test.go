@@ -55,6 +55,9 @@ func (ts *testServer) do(t testing.TB, method, path string, body any, hdr ...str
 		rd = bytes.NewReader(j)
 	}
 	req, _ := http.NewRequest(method, ts.URL+path, rd)
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if ts.token != "" {
 		req.Header.Set("Authorization", "Bearer "+ts.token)
 	}

@@ -3,21 +3,27 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
 )
 
-// errUnauthorized and errNotFoundRoute are the API's own failures, mapped like the
-// engine's below.
+// The API's own failures, mapped like the engine's below.
 var (
-	errUnauthorized  = errors.New("missing or wrong bearer token")
-	errNoRoute       = errors.New("no such route")
-	errMethod        = errors.New("method not allowed on this route")
-	retryAfterSecond = "1"
+	errUnauthorized    = errors.New("missing or wrong bearer token")
+	errNoRoute         = errors.New("no such route")
+	errMethod          = errors.New("method not allowed on this route")
+	errHeadersTooLarge = fmt.Errorf("request headers are larger than %d KiB", MaxHeaderBytes>>10)
+	errHost            = errors.New("host not allowed")
+	errOrigin          = errors.New("origin not allowed")
+	errMediaType       = errors.New("unsupported media type")
+	errBodyTimeout     = errors.New("the request body did not arrive in time")
+	retryAfterSecond   = "1"
 )
 
 // classify is the one place errors become HTTP statuses. Only errors that wrap a known
@@ -45,6 +51,20 @@ func classify(err error) (status int, code string, public bool) {
 		return http.StatusServiceUnavailable, "backend_unavailable", true
 	case errors.Is(err, engine.ErrShuttingDown):
 		return http.StatusServiceUnavailable, "shutting_down", true
+	case errors.Is(err, errHeadersTooLarge):
+		return http.StatusRequestHeaderFieldsTooLarge, "headers_too_large", true
+	case errors.Is(err, errHost):
+		return http.StatusForbidden, "host_not_allowed", true
+	case errors.Is(err, errOrigin):
+		return http.StatusForbidden, "origin_not_allowed", true
+	case errors.Is(err, errMediaType):
+		return http.StatusUnsupportedMediaType, "unsupported_media_type", true
+	case errors.Is(err, errBodyTimeout):
+		return http.StatusRequestTimeout, "body_timeout", true
+	}
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.code, "http_" + strconv.Itoa(se.code), true
 	}
 	return http.StatusInternalServerError, "internal", false
 }
@@ -61,6 +81,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		msg = "internal error; see the server log"
 	}
 	switch status {
+	case http.StatusRequestTimeout:
+		// The rest of the body may still be on its way: this connection is done.
+		w.Header().Set("Connection", "close")
 	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", retryAfterSecond)
 	case http.StatusUnauthorized:

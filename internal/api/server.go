@@ -3,21 +3,23 @@
 package api
 
 import (
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
+	"net/url"
+	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -46,6 +48,15 @@ type Options struct {
 	// Heartbeat is the interval of SSE comment lines that keep proxies from timing a quiet
 	// stream out; default 15s.
 	Heartbeat time.Duration
+	// AllowedHosts are Host header values accepted besides the loopback names and the
+	// address a connection arrived on: "name" (any port) or "name:port". Anything else is
+	// refused, which stops DNS rebinding.
+	AllowedHosts []string
+	// AllowedOrigins are Origin header values ("https://ui.example") accepted besides the
+	// server's own; a request from any other origin is refused.
+	AllowedOrigins []string
+	// BodyTimeout bounds how long a request body may take to arrive; default 60s.
+	BodyTimeout time.Duration
 }
 
 // Server is the API's http.Handler.
@@ -53,6 +64,9 @@ type Server struct {
 	o      Options
 	log    *slog.Logger
 	router chi.Router
+
+	hosts   map[string]bool // AllowedHosts, lower case
+	origins map[string]bool // AllowedOrigins, lower case
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -72,7 +86,10 @@ func New(o Options) (*Server, error) {
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = 15 * time.Second
 	}
-	s := &Server{o: o, log: o.Logger,
+	if o.BodyTimeout <= 0 {
+		o.BodyTimeout = 60 * time.Second
+	}
+	s := &Server{o: o, log: o.Logger, hosts: lowerSet(o.AllowedHosts), origins: lowerSet(o.AllowedOrigins),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vulcan_http_requests_total", Help: "HTTP requests, by method, route pattern and status code.",
 		}, []string{"method", "route", "code"}),
@@ -88,17 +105,17 @@ func New(o Options) (*Server, error) {
 	}
 
 	r := chi.NewRouter()
-	r.Use(s.instrument, s.recoverer)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNoRoute) })
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errMethod) })
+	r.Use(s.instrument, s.recoverer, s.guard)
+	r.NotFound(s.noRoute)
+	r.MethodNotAllowed(s.methodNotAllowed)
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
 	r.Group(func(r chi.Router) {
 		r.Use(s.auth)
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 		r.Route("/v1", func(r chi.Router) {
-			r.NotFound(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNoRoute) })
-			r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errMethod) })
+			r.NotFound(s.noRoute)
+			r.MethodNotAllowed(s.methodNotAllowed)
 			r.Get("/openapi.json", s.openapi)
 			r.Get("/backends", s.backends)
 			r.Get("/stats", s.stats)
@@ -112,7 +129,11 @@ func New(o Options) (*Server, error) {
 		})
 	})
 	if o.Dashboard != nil {
-		r.Handle("/*", o.Dashboard)
+		// GET and HEAD only, so that other methods get the API's JSON 405; the dashboard's
+		// own error answers (a missing asset) are rewritten as JSON too.
+		d := jsonErrors(s, o.Dashboard)
+		r.Method(http.MethodGet, "/*", d)
+		r.Method(http.MethodHead, "/*", d)
 	}
 	s.router = r
 	return s, nil
@@ -123,55 +144,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 
 // Router exposes the routes, for tests that walk them.
 func (s *Server) Router() chi.Routes { return s.router }
-
-func (s *Server) instrument(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
-		next.ServeHTTP(ww, r)
-		route := chi.RouteContext(r.Context()).RoutePattern()
-		if route == "" {
-			route = "unmatched"
-		}
-		status := ww.Status()
-		if status == 0 {
-			status = http.StatusOK
-		}
-		s.requests.WithLabelValues(r.Method, route, strconv.Itoa(status)).Inc()
-		if !strings.HasSuffix(route, "/logs") {
-			s.latency.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
-		}
-		s.log.Debug("http", "method", r.Method, "path", r.URL.Path, "status", status, "dur", time.Since(start))
-	})
-}
-
-func (s *Server) recoverer(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() {
-			if p := recover(); p != nil {
-				if p == http.ErrAbortHandler {
-					panic(p)
-				}
-				s.writeError(w, r, fmt.Errorf("panic: %v", p))
-			}
-		}()
-		next.ServeHTTP(w, r)
-	})
-}
-
-func (s *Server) auth(next http.Handler) http.Handler {
-	if s.o.Token == "" {
-		return next
-	}
-	want := []byte("Bearer " + s.o.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			s.writeError(w, r, errUnauthorized)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": version.Version})
@@ -231,6 +203,8 @@ func decodeSpec(w http.ResponseWriter, r *http.Request) (model.Spec, error) {
 	switch {
 	case errors.As(err, &tooBig):
 		return spec, err
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return spec, errBodyTimeout
 	case errors.As(err, &b64):
 		return spec, invalidField("code_archive", "code_archive is not valid base64 (bad byte at offset %d)", int64(b64))
 	case errors.As(err, &typ):
@@ -360,47 +334,10 @@ func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
 const MaxListLimit = 500
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	f := store.Filter{Limit: 50}
-	bad := func(format string, args ...any) {
-		s.writeError(w, r, fmt.Errorf("%w: "+format, append([]any{engine.ErrInvalid}, args...)...))
-	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > MaxListLimit {
-			bad("limit must be between 1 and %d, got %q", MaxListLimit, v)
-			return
-		}
-		f.Limit = n
-	}
-	if v := q.Get("offset"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			bad("offset must be a non-negative integer, got %q", v)
-			return
-		}
-		f.Offset = n
-	}
-	if v := model.Status(q.Get("status")); v != "" {
-		if !v.Valid() {
-			bad("unknown status %q", v)
-			return
-		}
-		f.Status = v
-	}
-	if v := model.Runtime(q.Get("runtime")); v != "" {
-		if !v.Valid() {
-			bad("unknown runtime %q", v)
-			return
-		}
-		f.Runtime = v
-	}
-	if v := model.Isolation(q.Get("isolation")); v != "" {
-		if !v.Valid() {
-			bad("unknown isolation %q", v)
-			return
-		}
-		f.Isolation = v
+	f, err := listFilter(r.URL.Query())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	ws, total, err := s.o.Engine.List(r.Context(), f)
 	if err != nil {
@@ -412,6 +349,53 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		out.Workloads = append(out.Workloads, NewWorkload(wl))
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// listFilter reads GET /v1/workloads's query. A parameter it does not know, one given
+// twice or with an empty or unknown value is a 400 naming it: a filter silently dropped
+// would answer a different question than the one asked.
+func listFilter(q url.Values) (store.Filter, error) {
+	f := store.Filter{Limit: 50}
+	names := slices.Sorted(maps.Keys(q))
+	for _, k := range names {
+		vs := q[k]
+		if len(vs) != 1 {
+			return f, invalidField(k, "query parameter %s is given %d times; give it once", k, len(vs))
+		}
+		v := vs[0]
+		if v == "" {
+			return f, invalidField(k, "query parameter %s is empty; leave it out to not filter", k)
+		}
+		switch k {
+		case "limit":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > MaxListLimit {
+				return f, invalidField(k, "limit must be between 1 and %d, got %q", MaxListLimit, v)
+			}
+			f.Limit = n
+		case "offset":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return f, invalidField(k, "offset must be a non-negative integer, got %q", v)
+			}
+			f.Offset = n
+		case "status":
+			if f.Status = model.Status(v); !f.Status.Valid() {
+				return f, invalidField(k, "unknown status %q (want pending, running, completed, failed or killed)", v)
+			}
+		case "runtime":
+			if f.Runtime = model.Runtime(v); !f.Runtime.Valid() {
+				return f, invalidField(k, "unknown runtime %q (want go, node or python)", v)
+			}
+		case "isolation":
+			if f.Isolation = model.Isolation(v); !f.Isolation.Valid() {
+				return f, invalidField(k, "unknown isolation %q (want auto or microvm)", v)
+			}
+		default:
+			return f, invalidField(k, "unknown query parameter %q (want limit, offset, status, runtime or isolation)", k)
+		}
+	}
+	return f, nil
 }
 
 // History pages: a log can hold up to the engine's line cap, which is too much for one

@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vulcanhq/vulcan/internal/model"
 )
 
 type metrics struct {
@@ -34,6 +36,7 @@ func newMetrics(reg prometheus.Registerer, e *Engine) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
 	}
+	m.zero()
 	if reg == nil {
 		return m, nil
 	}
@@ -48,4 +51,23 @@ func newMetrics(reg prometheus.Registerer, e *Engine) (*metrics, error) {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)
+}
+
+// rejectReasons are the reasons Submit refuses with.
+var rejectReasons = []string{"invalid", "unavailable", "busy", "shutting_down"}
+
+// zero creates every series whose labels are known in advance, so that /metrics shows
+// them at 0 from start-up: a rate() over a counter that appears with its first event
+// misses that event, and a dashboard has nothing to draw before it.
+func (m *metrics) zero() {
+	for _, rt := range model.Runtimes {
+		m.submitted.WithLabelValues(string(rt))
+	}
+	for _, r := range rejectReasons {
+		m.rejected.WithLabelValues(r)
+	}
+	for _, st := range []model.Status{model.StatusCompleted, model.StatusFailed, model.StatusKilled} {
+		m.finished.WithLabelValues(string(st))
+		m.duration.WithLabelValues(string(st))
+	}
 }

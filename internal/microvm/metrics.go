@@ -1,6 +1,10 @@
 package microvm
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vulcanhq/vulcan/internal/model"
+)
 
 type metrics struct {
 	boot      *prometheus.HistogramVec
@@ -36,8 +40,27 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Workloads run in microVMs, by runtime and outcome (completed, failed, timeout, cancelled, error).",
 		}, []string{"vmm", "runtime", "outcome"}),
 	}
+	// Every series whose labels are known exists from start-up, at 0: the VMMs (all of
+	// them: which one runs is found out at the first boot), runtimes and outcomes.
+	for _, vmm := range vmmNames {
+		m.boot.WithLabelValues(vmm)
+		m.active.WithLabelValues(vmm)
+		m.roundtrip.WithLabelValues(vmm)
+		m.cleanup.WithLabelValues(vmm)
+		for _, rt := range model.Runtimes {
+			for _, o := range outcomes {
+				m.workloads.WithLabelValues(vmm, string(rt), o)
+			}
+		}
+	}
 	if reg != nil {
 		reg.MustRegister(m.boot, m.active, m.roundtrip, m.cleanup, m.workloads)
 	}
 	return m
 }
+
+// vmmNames are the drivers' Name()s, and outcomes what Execute records a run as.
+var (
+	vmmNames = []string{"firecracker", "qemu"}
+	outcomes = []string{"completed", "failed", "timeout", "cancelled", "error"}
+)

@@ -36,6 +36,7 @@ func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Regi
 		return nil, err
 	}
 	log.Info("server instance", "id", inst, "new", created)
+	mcfg.Instance = inst // names the VMs' cgroup parent and picks their uid slice
 	// Without networking VMs still run; workloads asking for a network get the reason.
 	nm, nerr := network.New(ctx, network.Config{
 		StateDir: filepath.Join(cfg.DataDir, "cni"),

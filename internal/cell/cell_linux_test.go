@@ -3,8 +3,8 @@ package cell
 import (
 	"bytes"
 	"os"
-	"strconv"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"

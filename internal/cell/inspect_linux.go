@@ -28,18 +28,6 @@ func InstanceUIDBase(instance string) int {
 	return UIDBase + int(h.Sum32()%16384)*65536
 }
 
-// PrepareDir makes the VM dir enterable by the VMM's group only (and root): its files
-// stay the host's, read-only to the VMM.
-func (s *Spec) PrepareDir() error {
-	if err := os.Chown(s.Dir, 0, s.GID); err != nil {
-		return err
-	}
-	return os.Chmod(s.Dir, 0o750)
-}
-
-// Own gives path to the VMM (its scratch disk, its agent socket).
-func (s *Spec) Own(path string) error { return os.Chown(path, s.UID, s.GID) }
-
 // Status is what /proc/<pid>/status says of a process's privileges.
 type Status struct {
 	UID, GID                               [4]int // real, effective, saved, filesystem

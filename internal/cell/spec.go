@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 )
 
 // SpecEnv carries the spec from the backend to the re-exec'd setup step.
@@ -78,15 +77,17 @@ func (s *Spec) Command(bin string, args []string) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
-// SysProcAttr adds what the cell needs to a VMM's process attributes: a new mount
-// namespace, made in the child before it runs a line of Go.
-func SysProcAttr(a *syscall.SysProcAttr) *syscall.SysProcAttr {
-	if a == nil {
-		a = &syscall.SysProcAttr{}
+// PrepareDir makes the VM dir enterable by the VMM's group only (and root): its files
+// stay the host's, read-only to the VMM.
+func (s *Spec) PrepareDir() error {
+	if err := os.Chown(s.Dir, 0, s.GID); err != nil {
+		return err
 	}
-	a.Cloneflags |= syscall.CLONE_NEWNS
-	return a
+	return os.Chmod(s.Dir, 0o750)
 }
+
+// Own gives path to the VMM (its scratch disk, its agent socket).
+func (s *Spec) Own(path string) error { return os.Chown(path, s.UID, s.GID) }
 
 // specFromEnv returns the spec the setup step was started with, or nil.
 func specFromEnv() (*Spec, []string, error) {

@@ -14,7 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vulcanhq/vulcan/internal/cell"
 	"github.com/vulcanhq/vulcan/internal/images"
+	"github.com/vulcanhq/vulcan/internal/microvm/qemu"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/protocol"
 )
@@ -33,6 +35,11 @@ type Options struct {
 	Output   func(ctx context.Context, name string, args ...string) (string, error)
 	// ProbeKVM, when set, is asked whether KVM can really run a guest (a test boot).
 	ProbeKVM func(ctx context.Context) (ok bool, reason string)
+	// ProbeCell builds a VMM cell and runs a no-op in it (uid drop, mount namespace);
+	// default cell.Probe. Cgroups says which cgroups VMs get (mode, parent) or why none;
+	// default: detect as a server would. Tests replace both.
+	ProbeCell func() error
+	Cgroups   func() (mode, parent string, ioWeight bool, err error)
 }
 
 // Check is one line of the report.
@@ -159,6 +166,7 @@ func Run(ctx context.Context, o Options) Report {
 	r.Checks = append(r.Checks, sc)
 
 	r.Checks = append(r.Checks, o.networkChecks(ctx)...)
+	r.Checks = append(r.Checks, o.cellChecks(ctx, qm.OK)...)
 
 	r.MicroVM = true
 	for _, c := range r.Checks {
@@ -202,6 +210,47 @@ func (o *Options) networkChecks(ctx context.Context) []Check {
 	return out
 }
 
+// cellChecks report each layer of the VMM's confinement (internal/cell) as active or why
+// not. They are not required: without them VMs still run, less confined.
+func (o *Options) cellChecks(ctx context.Context, haveQEMU bool) []Check {
+	cellErr := o.ProbeCell()
+	uid := Check{Name: "cell: uid drop", OK: cellErr == nil,
+		Detail: fmt.Sprintf("each VMM runs as its own uid/gid (from %d + instance slice + CID), no capabilities, no_new_privs", cell.UIDBase)}
+	mnt := Check{Name: "cell: mount ns", OK: cellErr == nil,
+		Detail: "each VMM has its own mount namespace: a read-only root with /usr, its kernel, rootfs, VM dir and devices"}
+	if cellErr != nil {
+		uid.Detail, mnt.Detail = "off: "+cellErr.Error(), "off: "+cellErr.Error()
+		uid.Fix = "run vulcan serve as root"
+		mnt.Fix = uid.Fix
+	}
+	sc := Check{Name: "cell: seccomp", Detail: "QEMU runs with -sandbox " + qemu.Sandbox + "; Firecracker with its built-in filters"}
+	if b, err := os.ReadFile("/proc/self/status"); err != nil || !strings.Contains(string(b), "Seccomp:") {
+		sc.Detail, sc.Fix = "off: this kernel has no seccomp (CONFIG_SECCOMP_FILTER)", "use a kernel with seccomp filters"
+	} else if !haveQEMU {
+		sc.OK, sc.Detail = true, "Firecracker's built-in filters (no QEMU here)"
+	} else if p, err := o.LookPath(o.QEMUBin); err == nil {
+		if out, err := o.Output(ctx, p, "--help"); err == nil && strings.Contains(out, "elevateprivileges") {
+			sc.OK = true
+		} else {
+			sc.Detail = "off: " + o.QEMUBin + " was built without seccomp (-sandbox)"
+			sc.Fix = "install Debian's qemu-system-x86 (built with libseccomp)"
+		}
+	}
+	cg := Check{Name: "cell: cgroup"}
+	if mode, parent, io, err := o.Cgroups(); err != nil {
+		cg.Detail, cg.Fix = "off: "+err.Error()+"; VMs run without memory/CPU/pids limits", "run as root on a host with cgroup v2 (memory, cpu, pids controllers) or v1"
+	} else {
+		cg.OK = true
+		cg.Detail = fmt.Sprintf("cgroup %s under %s: memory.max = guest + VMM overhead, cpu.max = vCPUs, pids.max", mode, parent)
+		if io {
+			cg.Detail += ", io weight"
+		} else {
+			cg.Detail += "; no io weight (no io/blkio weight file on this host)"
+		}
+	}
+	return []Check{uid, mnt, sc, cg}
+}
+
 // Print writes the report for people.
 func (r Report) Print(w io.Writer) {
 	for _, c := range r.Checks {
@@ -236,6 +285,19 @@ func (o *Options) defaults() {
 	}
 	if o.LookPath == nil {
 		o.LookPath = exec.LookPath
+	}
+	if o.ProbeCell == nil {
+		o.ProbeCell = cell.Probe
+	}
+	if o.Cgroups == nil {
+		o.Cgroups = func() (string, string, bool, error) {
+			c := cell.NewCgroups("doctor")
+			if err := c.Err(); err != nil {
+				return "", "", false, err
+			}
+			defer c.RemoveParent()
+			return c.Mode(), c.Parent(), c.IOWeight(), nil
+		}
 	}
 	if o.Output == nil {
 		o.Output = func(ctx context.Context, name string, args ...string) (string, error) {

@@ -148,3 +148,44 @@ func TestDoctorCNIPlugins(t *testing.T) {
 		t.Errorf("with all plugins: %+v", c)
 	}
 }
+
+// Each layer of the VMM's cell is reported as active or why not.
+func TestCellLayers(t *testing.T) {
+	o := fakeRoot(t, protocol.Version, "kernel", "python")
+	look, _ := bins("qemu-system-x86_64")
+	o.LookPath = look
+	o.Output = func(_ context.Context, name string, args ...string) (string, error) {
+		if len(args) == 1 && args[0] == "--help" {
+			return "-sandbox on[,obsolete=allow|deny][,elevateprivileges=allow|deny|children]", nil
+		}
+		return "QEMU emulator version 7.2.0", nil
+	}
+	o.ProbeCell = func() error { return nil }
+	o.Cgroups = func() (string, string, bool, error) { return "v1", "vulcan-abc", false, nil }
+	r := Run(context.Background(), o)
+	for _, name := range []string{"cell: uid drop", "cell: mount ns", "cell: seccomp", "cell: cgroup"} {
+		if c := find(r, name); !c.OK || c.Required {
+			t.Errorf("%s: %+v, want active and not required", name, c)
+		}
+	}
+	if c := find(r, "cell: cgroup"); !strings.Contains(c.Detail, "cgroup v1 under vulcan-abc") || !strings.Contains(c.Detail, "no io weight") {
+		t.Errorf("cgroup detail %q", c.Detail)
+	}
+
+	o.ProbeCell = func() error { return errors.New("vulcan is not root (euid 1000)") }
+	o.Cgroups = func() (string, string, bool, error) { return "", "", false, errors.New("cgroup v2 without the memory controller") }
+	o.Output = func(context.Context, string, ...string) (string, error) { return "QEMU emulator version 7.2.0", nil }
+	r = Run(context.Background(), o)
+	for name, why := range map[string]string{
+		"cell: uid drop": "not root", "cell: mount ns": "not root",
+		"cell: seccomp": "without seccomp", "cell: cgroup": "without the memory controller",
+	} {
+		c := find(r, name)
+		if c.OK || !strings.Contains(c.Detail, why) || c.Fix == "" {
+			t.Errorf("%s: %+v, want off because %q, with a fix", name, c, why)
+		}
+	}
+	if !r.MicroVM {
+		t.Error("a missing cell layer made the backend unavailable; it must only warn")
+	}
+}

@@ -47,6 +47,12 @@ type Config struct {
 	// workloads fail with ErrUnavailable and NetworkUnavailable as the reason.
 	Networker          Networker
 	NetworkUnavailable error
+	// Instance is this server's id (internal/instance): it names the VMs' cgroup parent
+	// and picks their uid slice. Empty (tests): an id of this process's own.
+	Instance string
+	// Unconfined runs every VMM with vulcan's privileges. By default each VMM runs in a
+	// cell (internal/cell) when vulcan is root; see cell.go.
+	Unconfined bool
 }
 
 // Networker attaches a VM to the host's network under a policy and detaches it. Attach
@@ -67,6 +73,8 @@ type Backend struct {
 
 	mu  sync.Mutex
 	vms map[string]*vm // by workload id
+
+	cell cellState
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -108,6 +116,7 @@ func New(cfg Config, resolve func() (vmm.Driver, error)) (*Backend, error) {
 	} else if n > 0 {
 		b.log.Info("reclaimed VMs left by an earlier run", "count", n)
 	}
+	b.initCell()
 	return b, nil
 }
 
@@ -136,6 +145,7 @@ func (b *Backend) Capabilities() backend.Capabilities {
 	} else {
 		caps.Details["vmm"] = "probing"
 	}
+	b.cellDetails(caps.Details)
 	if set.Kernel != nil {
 		caps.Details["kernel"] = set.Kernel.Manifest.Version
 	}
@@ -296,6 +306,11 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	v.cid = cid
 	v.cleanup.Add("release cid", func(context.Context) error { b.cids.release(cid); return nil })
 
+	spec, err := b.confine(v, job, kernel, rootfs)
+	if err != nil {
+		return v, err
+	}
+
 	var network *vmm.Network
 	if p := job.Spec.Network; p != "" && p != model.NetworkNone {
 		if network, err = b.attachNetwork(ctx, v, p); err != nil {
@@ -314,12 +329,19 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		Args:         []string{"vulcan.hostname=vulcan", network.KernelIPArg()},
 		Network:      network,
 		ConsoleLimit: b.cfg.ConsoleLimit,
+		Cell:         spec,
 	}
 	if b.cfg.ScratchMB > 0 {
 		// In the VM dir: its removal (registered above) releases it.
 		cfg.Scratch = filepath.Join(v.dir, "scratch.ext4")
 		if err := CreateScratch(ctx, cfg.Scratch, b.cfg.ScratchMB); err != nil {
 			return v, err
+		}
+		if spec != nil {
+			spec.Writable = append(spec.Writable, cfg.Scratch)
+			if err := spec.Own(cfg.Scratch); err != nil {
+				return v, fmt.Errorf("scratch disk: %w", err)
+			}
 		}
 	}
 	bootCtx, cancel := context.WithTimeout(ctx, b.cfg.BootTimeout)

@@ -73,7 +73,25 @@ func New(opts Options) *Driver {
 	return &Driver{opts: opts}
 }
 
-func (d *Driver) Name() string  { return "firecracker" }
+func (d *Driver) Name() string { return "firecracker" }
+
+// Confines: only through the jailer; without it Firecracker keeps its seccomp filters and
+// the VM's cgroup, but runs with vulcan's uid and sees the host's filesystem.
+func (d *Driver) Confines() (bool, string) {
+	if d.opts.Jailer != nil {
+		return true, ""
+	}
+	return false, "firecracker runs without its jailer (none configured): no uid drop or chroot; its seccomp filters and the cgroup apply"
+}
+
+// jailIDs are the uid/gid the jailer drops to: the VM's own (its cell's) when the backend
+// gave one, else the configured ones.
+func (d *Driver) jailIDs(cfg vmm.Config) (int, int) {
+	if c := cfg.Cell; c != nil && c.UID > 0 {
+		return c.UID, c.GID
+	}
+	return d.opts.Jailer.UID, d.opts.Jailer.GID
+}
 func (d *Driver) Accel() string { return "kvm" }
 
 // Available checks KVM and the binary (and the jailer when configured).
@@ -166,10 +184,11 @@ func (d *Driver) SDKConfig(cfg vmm.Config) sdk.Config {
 		if cg == "" {
 			cg = "2"
 		}
+		uid, gid := d.jailIDs(cfg)
 		// Inside the chroot the sockets keep their host paths (under the chroot root),
 		// so the VMM's command line still names the VM dir for the startup reclaim.
 		c.JailerCfg = &sdk.JailerConfig{
-			ID: cfg.ID, UID: sdk.Int(j.UID), GID: sdk.Int(j.GID), NumaNode: sdk.Int(j.NumaNode),
+			ID: cfg.ID, UID: sdk.Int(uid), GID: sdk.Int(gid), NumaNode: sdk.Int(j.NumaNode),
 			ExecFile: d.opts.Bin, JailerBinary: j.bin(), ChrootBaseDir: filepath.Join(cfg.Dir, "jail"),
 			ChrootStrategy: sdk.NewNaiveChrootStrategy(cfg.Kernel), CgroupVersion: cg,
 		}
@@ -183,8 +202,9 @@ func (d *Driver) SDKConfig(cfg vmm.Config) sdk.Config {
 func (d *Driver) command(life context.Context, cfg vmm.Config, console *vmm.ConsoleFile) *exec.Cmd {
 	var cmd *exec.Cmd
 	if j := d.opts.Jailer; j != nil {
+		uid, gid := d.jailIDs(cfg)
 		cmd = sdk.NewJailerCommandBuilder().
-			WithBin(j.bin()).WithID(cfg.ID).WithUID(j.UID).WithGID(j.GID).WithNumaNode(j.NumaNode).
+			WithBin(j.bin()).WithID(cfg.ID).WithUID(uid).WithGID(gid).WithNumaNode(j.NumaNode).
 			WithExecFile(d.opts.Bin).WithChrootBaseDir(filepath.Join(cfg.Dir, "jail")).
 			WithCgroupVersion(d.SDKConfig(cfg).JailerCfg.CgroupVersion).
 			WithFirecrackerArgs("--api-sock", APISocket(cfg.Dir)).
@@ -266,7 +286,19 @@ func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (_ vmm.Machine, err 
 	fc.Handlers.FcInit = fc.Handlers.FcInit.AppendAfter(sdk.StartVMMHandlerName, sdk.Handler{
 		Name: "vulcan.WritePIDFile",
 		Fn: func(context.Context, *sdk.Machine) error {
-			return vmm.WritePIDFile(cfg.Dir, cmd.Process.Pid)
+			if err := vmm.WritePIDFile(cfg.Dir, cmd.Process.Pid); err != nil {
+				return err
+			}
+			// Without the jailer (which makes its own cgroup), the VMM joins the VM's
+			// cgroup here: before the API calls, so before the guest runs.
+			if c := cfg.Cell; c != nil && d.opts.Jailer == nil {
+				for _, p := range c.CgroupProcs {
+					if err := os.WriteFile(p, []byte(strconv.Itoa(cmd.Process.Pid)), 0); err != nil {
+						return fmt.Errorf("join cgroup: %w", err)
+					}
+				}
+			}
+			return nil
 		},
 	})
 

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vulcanhq/vulcan/internal/cell"
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 )
 
@@ -73,18 +74,25 @@ func BootArgs(extra []string) string {
 
 // Argv is the QEMU command line for cfg, without the binary.
 func (d *Driver) Argv(cfg vmm.Config) []string {
-	cpu := "max"
+	cpu, accel := "max", d.accel
 	if d.accel == AccelKVM {
 		cpu = "host"
+	} else if d.accel == AccelTCG {
+		// TCG's translation cache otherwise grows to 1 GiB on a large host: bounded, the
+		// VMM's memory beyond guest RAM is bounded too (the cgroup's memory.max counts it).
+		accel += ",tb-size=" + strconv.Itoa(TCGCacheMB)
 	}
 	args := []string{
 		"-name", "vulcan-" + cfg.ID,
 		"-M", "microvm,acpi=off",
-		"-accel", d.accel,
+		"-accel", accel,
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(cfg.CPUs),
 		"-m", strconv.Itoa(cfg.MemMB) + "M",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// QEMU's own seccomp filter: no exec, no setuid/setgid, no scheduler or
+		// resource changes, no obsolete syscalls.
+		"-sandbox", Sandbox,
 		"-serial", "stdio",
 		"-kernel", cfg.Kernel,
 		"-append", BootArgs(cfg.Args),
@@ -102,11 +110,56 @@ func (d *Driver) Argv(cfg vmm.Config) []string {
 			"-device", "virtio-blk-device,drive=scratch")
 	}
 	if n := cfg.Network; n != nil {
-		args = append(args,
-			"-netdev", "tap,id=net0,ifname="+n.TAP+",script=no,downscript=no",
-			"-device", "virtio-net-device,netdev=net0,mac="+n.MAC)
+		netdev := "tap,id=net0,ifname=" + n.TAP + ",script=no,downscript=no"
+		if cfg.Cell != nil {
+			// An unprivileged QEMU cannot attach a root-owned TAP: the cell opens it.
+			netdev = "tap,id=net0,fd=" + strconv.Itoa(cell.TAPFD)
+		}
+		args = append(args, "-netdev", netdev, "-device", "virtio-net-device,netdev=net0,mac="+n.MAC)
 	}
 	return args
+}
+
+// TCGCacheMB is the TCG translation cache size (MiB).
+const TCGCacheMB = 256
+
+// Sandbox is QEMU's -sandbox setting.
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// Confines: QEMU always runs in the cell it is given.
+func (d *Driver) Confines() (bool, string) { return true, "" }
+
+// command is the VMM process: in its cell when cfg has one (the cell joins the netns and
+// opens the TAP), else QEMU itself, through nsenter for a netns.
+func (d *Driver) command(cfg vmm.Config, sock string) (*exec.Cmd, error) {
+	if c := cfg.Cell; c != nil {
+		if d.accel == AccelKVM {
+			c.Devices = append(c.Devices, "/dev/kvm")
+		}
+		if n := cfg.Network; n != nil {
+			c.NetNS, c.TAP = n.NetNS, n.TAP
+		}
+		// QEMU connects to the agent socket as the cell's uid.
+		if err := c.Own(sock); err != nil {
+			return nil, fmt.Errorf("agent socket: %w", err)
+		}
+		if err := os.Chmod(sock, 0o600); err != nil {
+			return nil, err
+		}
+		cmd, err := c.Command(d.Bin, d.Argv(cfg))
+		if err != nil {
+			return nil, fmt.Errorf("cell: %w", err)
+		}
+		cmd.SysProcAttr = cell.SysProcAttr(vmm.ProcAttr())
+		return cmd, nil
+	}
+	argv := append([]string{d.Bin}, d.Argv(cfg)...)
+	if cfg.Network != nil && cfg.Network.NetNS != "" {
+		argv = append([]string{d.NSEnter, "--net=" + cfg.Network.NetNS, "--"}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.SysProcAttr = vmm.ProcAttr()
+	return cmd, nil
 }
 
 // AgentSocket is where the driver listens for QEMU's agent chardev.
@@ -140,14 +193,12 @@ func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (_ vmm.Machine, err 
 	}
 	undo = append(undo, func() { console.Close() })
 
-	argv := append([]string{d.Bin}, d.Argv(cfg)...)
-	if cfg.Network != nil && cfg.Network.NetNS != "" {
-		argv = append([]string{d.NSEnter, "--net=" + cfg.Network.NetNS, "--"}, argv...)
+	cmd, err := d.command(cfg, sock)
+	if err != nil {
+		return nil, err
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = cfg.Dir
 	cmd.Stdout, cmd.Stderr = console, console
-	cmd.SysProcAttr = vmm.ProcAttr()
 	proc, err := vmm.StartProcess(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", d.Bin, err)

@@ -3,10 +3,15 @@ package qemu
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/vulcanhq/vulcan/internal/cell"
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 )
 
@@ -25,8 +30,10 @@ func TestBootArgs(t *testing.T) {
 func TestArgv(t *testing.T) {
 	d := New("qemu-system-x86_64", AccelTCG)
 	cfg := vmm.Config{ID: "wl1", Dir: "/s/wl1", Kernel: "/i/vmlinux", RootFS: "/i/rootfs-python.ext4", CPUs: 2, MemMB: 512, CID: 7}
-	want := "-name vulcan-wl1 -M microvm,acpi=off -accel tcg -cpu max -smp 2 -m 512M " +
-		"-nodefaults -no-user-config -display none -no-reboot -serial stdio -kernel /i/vmlinux " +
+	want := "-name vulcan-wl1 -M microvm,acpi=off -accel tcg,tb-size=256 -cpu max -smp 2 -m 512M " +
+		"-nodefaults -no-user-config -display none -no-reboot " +
+		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny " +
+		"-serial stdio -kernel /i/vmlinux " +
 		"-append " + BootArgs(nil) + " " +
 		"-drive id=root,file=/i/rootfs-python.ext4,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root " +
 		"-object rng-random,id=rng,filename=/dev/urandom -device virtio-rng-device,rng=rng " +
@@ -42,6 +49,41 @@ func TestArgv(t *testing.T) {
 	if got := strings.Join(d.Argv(cfg), " "); !strings.HasSuffix(got, " -device virtserialport,chardev=agent,name=vulcan.agent "+
 		"-drive id=scratch,file=/s/wl1/scratch.ext4,format=raw,if=none,discard=unmap -device virtio-blk-device,drive=scratch") {
 		t.Errorf("scratch disk argv: %s", got)
+	}
+	// A network: by name without a cell; in a cell the TAP comes opened, as fd 3.
+	cfg.Scratch = ""
+	cfg.Network = &vmm.Network{NetNS: "/run/netns/vulcan-x-wl1", TAP: "tap0", MAC: "02:fc:00:00:00:07"}
+	if got := strings.Join(d.Argv(cfg), " "); !strings.HasSuffix(got, " -netdev tap,id=net0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:fc:00:00:00:07") {
+		t.Errorf("network argv: %s", got)
+	}
+	cfg.Cell = &cell.Spec{UID: 1 << 30, GID: 1 << 30, Dir: cfg.Dir}
+	if got := strings.Join(d.Argv(cfg), " "); !strings.HasSuffix(got, " -netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=02:fc:00:00:00:07") {
+		t.Errorf("network argv in a cell: %s", got)
+	}
+}
+
+// In a cell the command is the setup step, whose argv names the VM dir (the startup
+// reclaim matches it) and then QEMU's own argv.
+func TestCellCommand(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "agent.sock")
+	os.WriteFile(sock, nil, 0o600)
+	d := New("sh", AccelKVM)
+	c := &cell.Spec{UID: os.Getuid(), GID: os.Getgid(), Dir: dir}
+	cmd, err := d.command(vmm.Config{ID: "wl1", Dir: dir, CPUs: 1, MemMB: 128, Cell: c,
+		Network: &vmm.Network{NetNS: "/run/netns/n", TAP: "tap0", MAC: "02:00:00:00:00:01"}}, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, _ := exec.LookPath("sh")
+	if cmd.Path != "/proc/self/exe" || !reflect.DeepEqual(cmd.Args[:4], []string{cell.ProcName, dir, "--", sh}) {
+		t.Errorf("cell argv %q (path %s)", cmd.Args, cmd.Path)
+	}
+	if cmd.SysProcAttr.Cloneflags&syscall.CLONE_NEWNS == 0 || !cmd.SysProcAttr.Setpgid {
+		t.Errorf("SysProcAttr %+v: want a new mount namespace and its own process group", cmd.SysProcAttr)
+	}
+	if !slices.Contains(c.Devices, "/dev/kvm") || c.NetNS != "/run/netns/n" || c.TAP != "tap0" {
+		t.Errorf("cell spec %+v: want /dev/kvm under KVM and the VM's netns and TAP", c)
 	}
 }
 

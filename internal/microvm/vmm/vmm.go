@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"strings"
+
+	"github.com/vulcanhq/vulcan/internal/cell"
 )
 
 // ErrNotAvailable wraps a driver's explanation of why it cannot run here.
@@ -31,6 +33,16 @@ type Config struct {
 	Network *Network // nil: no NIC
 	// ConsoleLimit caps the bytes of guest console kept in Dir/console.log.
 	ConsoleLimit int64
+	// Cell, when set, confines the VMM (internal/cell): the backend fills in the uid,
+	// cgroup and files; the driver adds what only it knows (devices, the TAP) and starts
+	// the VMM through it. Nil: the VMM runs with vulcan's privileges.
+	Cell *cell.Spec
+}
+
+// Confiner is implemented by drivers that can say whether they apply Config.Cell, and if
+// not, why (Firecracker without a jailer cannot drop its own privileges).
+type Confiner interface {
+	Confines() (bool, string)
 }
 
 // Network is a NIC prepared by the network manager for the VM.

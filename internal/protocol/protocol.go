@@ -79,11 +79,14 @@ const (
 // Message is the envelope of every frame. Exactly the payload matching Type
 // is set; cancel and shutdown carry none.
 type Message struct {
-	Type   Type    `json:"type"`
-	Hello  *Hello  `json:"hello,omitempty"`
-	Exec   *Exec   `json:"exec,omitempty"`
-	Output *Output `json:"output,omitempty"`
-	Exit   *Exit   `json:"exit,omitempty"`
+	Type     Type      `json:"type"`
+	Hello    *Hello    `json:"hello,omitempty"`
+	Exec     *Exec     `json:"exec,omitempty"`
+	Output   *Output   `json:"output,omitempty"`
+	Exit     *Exit     `json:"exit,omitempty"`
+	Request  *Request  `json:"request,omitempty"`
+	Response *Response `json:"response,omitempty"`
+	Event    *Event    `json:"event,omitempty"`
 }
 
 // Hello is the guest's greeting.
@@ -96,6 +99,9 @@ type Hello struct {
 	// UptimeSeconds is the time since the guest kernel started
 	// (/proc/uptime), which lets the host measure boot cost.
 	UptimeSeconds float64 `json:"uptime_seconds"`
+	// Session: the agent serves a session (see session.go) when the host sends
+	// TypeSession instead of an exec.
+	Session bool `json:"session,omitempty"`
 }
 
 // Exec asks the guest to run one workload.
@@ -160,7 +166,8 @@ type Exit struct {
 // type requires.
 func (m *Message) Validate() error {
 	set := 0
-	for _, p := range []bool{m.Hello != nil, m.Exec != nil, m.Output != nil, m.Exit != nil} {
+	for _, p := range []bool{m.Hello != nil, m.Exec != nil, m.Output != nil, m.Exit != nil,
+		m.Request != nil, m.Response != nil, m.Event != nil} {
 		if p {
 			set++
 		}
@@ -178,7 +185,22 @@ func (m *Message) Validate() error {
 		}
 	case TypeExit:
 		want = m.Exit != nil
-	case TypeCancel, TypeShutdown:
+	case TypeRequest:
+		want = m.Request != nil
+	case TypeResponse:
+		want = m.Response != nil
+	case TypeEvent:
+		want = m.Event != nil
+		if want {
+			e := m.Event
+			if (e.Output == nil) == (e.Exit == nil) {
+				return fmt.Errorf("%w: event carries %s", ErrMalformed, "not exactly one of output and exit")
+			}
+			if o := e.Output; o != nil && o.Stream != Stdout && o.Stream != Stderr && o.Stream != PTY {
+				return fmt.Errorf("%w: output stream %.16q", ErrMalformed, o.Stream)
+			}
+		}
+	case TypeCancel, TypeShutdown, TypeSession:
 		if set != 0 {
 			return fmt.Errorf("%w: %s carries a payload", ErrMalformed, m.Type)
 		}
@@ -224,7 +246,12 @@ const initialBuffer = 64 << 10
 // ReadMessage reads one frame. A clean end of stream before the first header
 // byte returns io.EOF unwrapped; every other failure wraps ErrFrameTooLarge,
 // ErrMalformed or the underlying read error.
-func ReadMessage(r io.Reader) (*Message, error) {
+func ReadMessage(r io.Reader) (*Message, error) { return ReadMessageLimit(r, MaxFrameSize) }
+
+// ReadMessageLimit is ReadMessage with a smaller frame cap (SessionFrameSize on session
+// streams). It reads exactly one frame and nothing past it, so raw bytes that follow a
+// frame on a stream stay unread.
+func ReadMessageLimit(r io.Reader, limit int) (*Message, error) {
 	var hdr [headerSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if err == io.EOF {
@@ -239,8 +266,8 @@ func ReadMessage(r io.Reader) (*Message, error) {
 	if n == 0 {
 		return nil, fmt.Errorf("%w: empty frame", ErrMalformed)
 	}
-	if n > MaxFrameSize {
-		return nil, fmt.Errorf("%w: frame declares %d bytes, max %d", ErrFrameTooLarge, n, MaxFrameSize)
+	if int64(n) > int64(min(limit, MaxFrameSize)) {
+		return nil, fmt.Errorf("%w: frame declares %d bytes, max %d", ErrFrameTooLarge, n, min(limit, MaxFrameSize))
 	}
 	body, err := readBody(r, int(n))
 	if err != nil {

@@ -1,0 +1,181 @@
+package protocol
+
+// Sessions: the long-lived, multiplexed connection of a sandbox.
+//
+// A sandbox's agent connection starts like every other: the guest sends Hello (with
+// Session set when it can serve one). The host then sends one TypeSession message, and
+// from the next byte on the connection carries a yamux session (github.com/hashicorp/
+// yamux) in which the host is the client and the guest the server. Every yamux stream the
+// host opens carries exactly one operation:
+//
+//  1. the host writes one TypeRequest frame (the usual 4-byte length + JSON);
+//  2. the guest answers with one TypeResponse frame; a Response with Error set ends the
+//     operation;
+//  3. what follows depends on the operation:
+//     - process.start, process.attach: TypeEvent frames (Output, then one Exit) until the
+//       guest closes the stream;
+//     - fs.read: the file's raw bytes, then the guest closes the stream;
+//     - fs.write: the host sends the raw bytes and half-closes its side; the guest then
+//       writes a second TypeResponse (the written file's Info, or Error) and closes;
+//     - everything else: nothing; the guest closes the stream.
+//
+// The guest is hostile: the host caps every frame (MaxFrameSize, and SessionFrameSize for
+// frames on a session stream), the number of entries and events it accepts, and the bytes
+// of a file read.
+
+// SessionFrameSize bounds a frame on a session stream. Bulk bytes (files, stdin) travel raw
+// or in many frames, never in one big one.
+const SessionFrameSize = 1 << 20
+
+const (
+	TypeSession  Type = "session"  // host → guest, no payload: the connection becomes a yamux session
+	TypeRequest  Type = "request"  // host → guest, first frame of a session stream
+	TypeResponse Type = "response" // guest → host
+	TypeEvent    Type = "event"    // guest → host: a process's output or exit
+)
+
+// Operations, Request.Op.
+const (
+	OpProcessStart  = "process.start"  // Process → Response{PID}, then events
+	OpProcessAttach = "process.attach" // PID or Tag → Response{PID}, then events from now on
+	OpProcessList   = "process.list"   // → Response{Processes}
+	OpProcessSignal = "process.signal" // PID or Tag, Signal → Response{}
+	OpProcessStdin  = "process.stdin"  // PID or Tag, Data and/or CloseStdin → Response{}
+	OpProcessResize = "process.resize" // PID or Tag, Size → Response{} (PTY processes)
+	OpFSRead        = "fs.read"        // Path → Response{Info}, then raw bytes
+	OpFSWrite       = "fs.write"       // Path, Mode, then raw bytes → Response{Info}
+	OpFSList        = "fs.list"        // Path, Depth → Response{Entries}
+	OpFSStat        = "fs.stat"        // Path → Response{Info}
+	OpFSMkdir       = "fs.mkdir"       // Path → Response{Info}; parents made; an existing dir is fine
+	OpFSMove        = "fs.move"        // Path, To → Response{Info of To}
+	OpFSRemove      = "fs.remove"      // Path → Response{}; recursive; a missing path is ErrCodeNotFound
+	OpMetrics       = "sys.metrics"    // → Response{Metrics}
+)
+
+// Request is the first frame of a session stream.
+type Request struct {
+	Op string `json:"op"`
+	// Process starts a process (OpProcessStart).
+	Process *ProcessSpec `json:"process,omitempty"`
+	// PID or Tag names a process started in this session (attach, signal, stdin, resize).
+	PID int    `json:"pid,omitempty"`
+	Tag string `json:"tag,omitempty"`
+	// Signal is "TERM", "KILL", "INT", "HUP", "QUIT", "USR1" or "USR2".
+	Signal string `json:"signal,omitempty"`
+	// Data is stdin bytes (at most SessionFrameSize/2 per request).
+	Data       []byte `json:"data,omitempty"`
+	CloseStdin bool   `json:"close_stdin,omitempty"`
+	Size       *Size  `json:"size,omitempty"`
+	// Path is absolute, or relative to the user's home; To is a move's destination.
+	Path string `json:"path,omitempty"`
+	To   string `json:"to,omitempty"`
+	// User does the file operation ("user", the default, or "root"): permissions are
+	// that user's, as if it ran the operation itself.
+	User  string `json:"user,omitempty"`
+	Mode  uint32 `json:"mode,omitempty"`  // fs.write (default 0644) and fs.mkdir (default 0755); permission bits
+	Depth int    `json:"depth,omitempty"` // fs.list: 1 lists the dir's own entries (the default)
+}
+
+// ProcessSpec is a process to start.
+type ProcessSpec struct {
+	// Argv runs a program directly; Shell runs a command line with `/bin/bash -l -c`
+	// (/bin/sh -c where bash is missing). Exactly one is set.
+	Argv  []string          `json:"argv,omitempty"`
+	Shell string            `json:"shell,omitempty"`
+	Env   map[string]string `json:"env,omitempty"`
+	// Cwd is absolute or relative to the user's home; default the home.
+	Cwd string `json:"cwd,omitempty"`
+	// User is "user" (the default: uid 1000, home /home/user) or "root".
+	User string `json:"user,omitempty"`
+	// Tag names the process for attach/signal/stdin (unique among running processes).
+	Tag string `json:"tag,omitempty"`
+	// Stdin keeps the process's stdin open for OpProcessStdin; otherwise it reads EOF.
+	Stdin bool `json:"stdin,omitempty"`
+	// PTY runs the process on a pseudo-terminal of this size; its output is one stream
+	// ("pty").
+	PTY *Size `json:"pty,omitempty"`
+	// TimeoutMS kills the process (its whole group) after this long; 0 means none.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+	// OutputLimit and LineLimit cap what is sent, as for Exec; 0 means the agent's
+	// defaults (OutputLimit) and none (LineLimit).
+	OutputLimit int64 `json:"output_limit,omitempty"`
+	LineLimit   int64 `json:"line_limit,omitempty"`
+}
+
+// Size is a terminal size.
+type Size struct {
+	Cols uint16 `json:"cols"`
+	Rows uint16 `json:"rows"`
+}
+
+// Stream name of a PTY process's output, beside Stdout and Stderr.
+const PTY = "pty"
+
+// Response answers a Request.
+type Response struct {
+	Error     *OpError      `json:"error,omitempty"`
+	PID       int           `json:"pid,omitempty"`
+	Processes []ProcessInfo `json:"processes,omitempty"`
+	Info      *FileInfo     `json:"info,omitempty"`
+	Entries   []FileInfo    `json:"entries,omitempty"`
+	Metrics   *Metrics      `json:"metrics,omitempty"`
+}
+
+// Error codes of OpError, which the host maps to HTTP statuses.
+const (
+	ErrCodeNotFound    = "not_found"   // 404
+	ErrCodePermission  = "permission"  // 403
+	ErrCodeExists      = "exists"      // 409
+	ErrCodeInvalid     = "invalid"     // 400: bad path, op, argument
+	ErrCodeNotDir      = "not_dir"     // 400
+	ErrCodeIsDir       = "is_dir"      // 400
+	ErrCodeTooLarge    = "too_large"   // 413
+	ErrCodeInternal    = "internal"    // 500
+	ErrCodeNoProcess   = "no_process"  // 404: no running process has that pid/tag
+	ErrCodeUnsupported = "unsupported" // 501
+)
+
+// OpError is a failed operation, safe to show users.
+type OpError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *OpError) Error() string { return e.Message }
+
+// ProcessInfo describes a running process started in the session.
+type ProcessInfo struct {
+	PID   int          `json:"pid"`
+	Tag   string       `json:"tag,omitempty"`
+	Spec  *ProcessSpec `json:"spec"` // Env values are not echoed
+	Start int64        `json:"start_unix_ms"`
+}
+
+// FileInfo describes a path.
+type FileInfo struct {
+	Name    string `json:"name"`
+	Path    string `json:"path"` // absolute
+	Type    string `json:"type"` // file | dir | symlink | other
+	Size    int64  `json:"size"`
+	Mode    uint32 `json:"mode"` // permission bits
+	ModTime int64  `json:"mtime_unix_ms"`
+	Owner   string `json:"owner,omitempty"`
+	Target  string `json:"target,omitempty"` // a symlink's target, as stored
+}
+
+// Metrics are the guest's resource use, sampled when asked.
+type Metrics struct {
+	CPUCount    int     `json:"cpu_count"`
+	CPUUsedPct  float64 `json:"cpu_used_pct"` // since the previous sample (or boot)
+	MemTotal    int64   `json:"mem_total"`    // bytes
+	MemUsed     int64   `json:"mem_used"`
+	DiskTotal   int64   `json:"disk_total"` // the writable layer
+	DiskUsed    int64   `json:"disk_used"`
+	TimestampMS int64   `json:"timestamp_unix_ms"`
+}
+
+// Event is a process's output or its end. Output.Seq is per process.
+type Event struct {
+	Output *Output `json:"output,omitempty"`
+	Exit   *Exit   `json:"exit,omitempty"`
+}

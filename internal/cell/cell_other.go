@@ -24,7 +24,10 @@ type Limits struct {
 type Cgroups struct{}
 
 // Group is one VM's cgroup.
-type Group struct{ Procs, Paths []string }
+type Group struct {
+	Procs, Paths []string
+	V2           string
+}
 
 func NewCgroups(string) *Cgroups                         { return &Cgroups{} }
 func (c *Cgroups) Err() error                            { return errNotLinux }

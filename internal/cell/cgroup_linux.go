@@ -133,7 +133,9 @@ type Group struct {
 	Procs []string
 	// Paths are the group's directories, for tests and messages.
 	Paths []string
-	del   func() error
+	// V2 is the group's path from the v2 root; "" on v1.
+	V2  string
+	del func() error
 }
 
 // Delete kills what is left in the group and removes it. Idempotent.
@@ -178,12 +180,22 @@ func (c *Cgroups) createV2(id string, l Limits) (*Group, error) {
 	return &Group{
 		Procs: []string{filepath.Join(dir, "cgroup.procs")},
 		Paths: []string{dir},
-		del:   func() error { return deleteV2(m) },
+		V2:    strings.TrimPrefix(group, "/"),
+		del:   func() error { return deleteV2(m, dir) },
 	}, nil
 }
 
-func deleteV2(m *cgroup2.Manager) error {
+// deleteV2 kills the group's processes and removes it with any group nested in it (the
+// jailer's).
+func deleteV2(m *cgroup2.Manager, dir string) error {
 	_ = m.Kill()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.IsDir() {
+			sub := filepath.Join(dir, e.Name())
+			_ = retry(func() error { return os.Remove(sub) })
+		}
+	}
 	return retry(m.Delete)
 }
 
@@ -255,7 +267,7 @@ func (c *Cgroups) remove(id string) error {
 		if err != nil || !exists(filepath.Join(CgroupRoot, c.parent, id)) {
 			return nil
 		}
-		return deleteV2(m)
+		return deleteV2(m, filepath.Join(CgroupRoot, c.parent, id))
 	case "v1":
 		cg, err := cgroup1.Load(cgroup1.NestedPath(c.parent+"/"+id), cgroup1.WithHierarchy(v1Hierarchy))
 		if err != nil {

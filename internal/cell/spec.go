@@ -34,6 +34,9 @@ type Spec struct {
 	// CgroupProcs are the cgroup.procs files the setup step writes its pid to, as root,
 	// before anything else (v1: one per controller; v2: one).
 	CgroupProcs []string
+	// CgroupParent is the VM's cgroup v2 group, from the root, for a VMM launcher that
+	// makes its own group (Firecracker's jailer nests it there, under the VM's limits).
+	CgroupParent string
 	// NetNS, when set, is the network namespace the VMM runs in.
 	NetNS string
 	// TAP, when set, is the TAP in NetNS opened for the VMM and passed as fd TAPFD.

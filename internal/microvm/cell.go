@@ -115,7 +115,7 @@ func (b *Backend) confine(v *vm, job backend.Job, kernel *images.Kernel, rootfs 
 		// No cell, but the cgroup still applies: the driver joins the VMM to it.
 		spec = &cell.Spec{Dir: v.dir}
 	}
-	spec.CgroupProcs = g.Procs
+	spec.CgroupProcs, spec.CgroupParent = g.Procs, g.V2
 	return spec, nil
 }
 

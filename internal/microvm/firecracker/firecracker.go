@@ -210,9 +210,15 @@ func (d *Driver) command(life context.Context, cfg vmm.Config, console *vmm.Cons
 			WithFirecrackerArgs("--api-sock", APISocket(cfg.Dir)).
 			WithStdout(console).WithStderr(console).
 			Build(life)
+		var pre []string
 		if cfg.Network != nil && cfg.Network.NetNS != "" {
-			cmd.Args = append(cmd.Args[:1], append([]string{"--netns", cfg.Network.NetNS}, cmd.Args[1:]...)...)
+			pre = append(pre, "--netns", cfg.Network.NetNS)
 		}
+		if c := cfg.Cell; c != nil && c.CgroupParent != "" {
+			// The jailer's cgroup nests in the VM's, under its limits.
+			pre = append(pre, "--parent-cgroup", c.CgroupParent)
+		}
+		cmd.Args = append(cmd.Args[:1], append(pre, cmd.Args[1:]...)...)
 	} else {
 		cmd = sdk.VMCommandBuilder{}.
 			WithBin(d.opts.Bin).
@@ -289,9 +295,9 @@ func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (_ vmm.Machine, err 
 			if err := vmm.WritePIDFile(cfg.Dir, cmd.Process.Pid); err != nil {
 				return err
 			}
-			// Without the jailer (which makes its own cgroup), the VMM joins the VM's
-			// cgroup here: before the API calls, so before the guest runs.
-			if c := cfg.Cell; c != nil && d.opts.Jailer == nil {
+			// Unless the jailer nests its cgroup in the VM's (v2), the VMM joins the
+			// VM's cgroup here: before the API calls, so before the guest runs.
+			if c := cfg.Cell; c != nil && (d.opts.Jailer == nil || c.CgroupParent == "") {
 				for _, p := range c.CgroupProcs {
 					if err := os.WriteFile(p, []byte(strconv.Itoa(cmd.Process.Pid)), 0); err != nil {
 						return fmt.Errorf("join cgroup: %w", err)

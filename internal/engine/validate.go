@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/network/netrules"
 )
 
 // MaxEnvBytes bounds a spec's environment ("NAME=value" strings with their NULs), and
@@ -57,6 +58,11 @@ func validate(spec model.Spec, limits model.Limits) (model.Spec, error) {
 	}
 	if !spec.Network.Valid() {
 		return spec, invalid("network", "unknown network policy %q (want none, host or egress)", spec.Network)
+	}
+	if rules, err := netrules.Check(spec.Network, spec.NetworkRules); err != nil {
+		return spec, fmt.Errorf("%w: %w", ErrInvalid, err)
+	} else {
+		spec.NetworkRules = rules
 	}
 	switch {
 	case spec.Code != "" && len(spec.Archive) > 0:

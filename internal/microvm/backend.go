@@ -59,7 +59,7 @@ type Config struct {
 // releases what it acquired when it fails; Detach is idempotent and must work with a
 // cancelled context. (internal/network's Manager implements it.)
 type Networker interface {
-	Attach(ctx context.Context, vmID string, policy model.NetworkPolicy) (*vmm.Network, error)
+	Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (*vmm.Network, error)
 	Detach(ctx context.Context, vmID string) error
 }
 
@@ -313,7 +313,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 
 	var network *vmm.Network
 	if p := job.Spec.Network; p != "" && p != model.NetworkNone {
-		if network, err = b.attachNetwork(ctx, v, p); err != nil {
+		if network, err = b.attachNetwork(ctx, v, p, job.Spec.NetworkRules); err != nil {
 			return v, err
 		}
 	}
@@ -385,7 +385,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 }
 
 // attachNetwork gives the VM a NIC under policy, registering the detach right after.
-func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.NetworkPolicy) (*vmm.Network, error) {
+func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.NetworkPolicy, rules *model.NetworkRules) (*vmm.Network, error) {
 	if b.cfg.Networker == nil {
 		reason := b.cfg.NetworkUnavailable
 		if reason == nil {
@@ -393,7 +393,7 @@ func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.Network
 		}
 		return nil, fmt.Errorf("%w: network %q requested but VM networking is unavailable: %v", backend.ErrUnavailable, policy, reason)
 	}
-	n, err := b.cfg.Networker.Attach(ctx, v.id, policy)
+	n, err := b.cfg.Networker.Attach(ctx, v.id, policy, rules)
 	if err != nil {
 		return nil, fmt.Errorf("network %s: %w", policy, err)
 	}

@@ -193,6 +193,16 @@ type Spec struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Resources  Resources         `json:"resources"`
 	Network    NetworkPolicy     `json:"network,omitempty"`
+	// NetworkRules narrow or widen what an egress guest reaches (internal/network/netrules
+	// validates them; the README's Networking section gives the precedence).
+	NetworkRules *NetworkRules `json:"network_rules,omitempty"`
+}
+
+// NetworkRules are a workload's allow and deny lists: each entry an IPv4 address or CIDR,
+// an exact domain name, or "*.suffix" (any name below suffix, not suffix itself).
+type NetworkRules struct {
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
 }
 
 // Stdin is what the program reads on standard input: a JSON string input is given as its

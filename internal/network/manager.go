@@ -43,9 +43,15 @@ type Config struct {
 	// HostNetNS is the path of the namespace the bridge, the NAT and the policy live in;
 	// "" is the namespace the Manager is created in.
 	HostNetNS string
-	// DNS are the name servers egress guests are told to use (at most two are passed).
-	// None: guests get no resolver.
+	// DNS are the upstream name servers of the server's DNS gate (package dnsgate), which
+	// listens on the gateway address and is the one resolver egress guests are told to
+	// use; it answers each guest under its network_rules. None: no gate, guests get no
+	// resolver, and domain rules are refused at Attach.
 	DNS []net.IP
+	// Services are ports of the gateway address, besides the DNS gate's, that guests may
+	// reach: services Vulcan itself offers guests (none today; tests list their own). No
+	// other port of the host is reachable from a guest.
+	Services []Service
 	// Timeout bounds each CNI call and the teardown of a VM (default 30 s).
 	Timeout time.Duration
 	Logger  *slog.Logger

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -23,6 +24,8 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/network/dnsgate"
+	"github.com/vulcanhq/vulcan/internal/network/netrules"
 )
 
 // NetNSDir is where named network namespaces are bind-mounted (as by `ip netns add`;
@@ -47,6 +50,13 @@ type Manager struct {
 
 	prepMu   sync.Mutex
 	prepared bool
+
+	// gate is the DNS gate (nil without upstream resolvers); it serves from the first
+	// Prepare on. guests maps an attached egress VM to the address it is registered by.
+	gate     *dnsgate.Gate
+	gateUp   bool
+	guestsMu sync.Mutex
+	guests   map[string]netip.Addr
 }
 
 // New checks the host can give VMs a network, writes the conflist, reclaims what a
@@ -73,6 +83,14 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		files:  layout{dir: cfg.StateDir, network: names.Network},
 		sub:    sub,
 		policy: nft{netnsPath: cfg.HostNetNS, table: names.Table},
+		guests: map[string]netip.Addr{},
+	}
+	if len(cfg.DNS) > 0 {
+		var ups []string
+		for _, ip := range cfg.DNS {
+			ups = append(ups, net.JoinHostPort(ip.String(), "53"))
+		}
+		m.gate = dnsgate.New(dnsgate.Config{Upstreams: ups, Logger: m.log})
 	}
 	for _, d := range []string{m.files.dir, m.files.ipamDir(), m.files.cacheDir()} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
@@ -121,10 +139,48 @@ func (m *Manager) Prepare() error {
 	if err := m.inHost(m.ensureBridge); err != nil {
 		return fmt.Errorf("network: bridge %s: %w", m.names.Bridge, err)
 	}
-	if err := m.policy.reset(baseRules(m.names.Bridge, m.sub.gateway)); err != nil {
+	if err := m.policy.reset(baseRules(m.names.Bridge, m.sub.gateway, m.services())); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
+	if err := m.startGate(); err != nil {
+		return fmt.Errorf("network: DNS gate: %w", err)
+	}
 	m.prepared = true
+	return nil
+}
+
+// services are the gateway's ports guests reach: the DNS gate's and Config.Services.
+func (m *Manager) services() []Service {
+	var s []Service
+	if m.gate != nil {
+		s = append(s, DNSServices...)
+	}
+	return append(s, m.cfg.Services...)
+}
+
+// startGate opens the DNS gate's sockets on the gateway address (in the host namespace),
+// once per Manager.
+func (m *Manager) startGate() error {
+	if m.gate == nil || m.gateUp {
+		return nil
+	}
+	addr := net.JoinHostPort(m.sub.gateway.String(), "53")
+	var pc net.PacketConn
+	var ln net.Listener
+	err := m.inHost(func() (err error) {
+		if pc, err = net.ListenPacket("udp4", addr); err != nil {
+			return err
+		}
+		if ln, err = net.Listen("tcp4", addr); err != nil {
+			pc.Close()
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%w (is another DNS server bound to port 53 on every address?)", err)
+	}
+	m.gate.Serve(pc, ln)
+	m.gateUp = true
 	return nil
 }
 
@@ -178,12 +234,22 @@ func (m *Manager) rt(vmID string) *libcni.RuntimeConf {
 // host-local, TAP) and its nft rules. Anything a failed Attach acquired is released
 // before it returns. Attach deletes first, so a VM id left over by a failed run is reused
 // cleanly.
-func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy) (_ *vmm.Network, err error) {
+func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (_ *vmm.Network, err error) {
 	if err := checkVMID(vmID); err != nil {
 		return nil, err
 	}
 	if policy != model.NetworkHost && policy != model.NetworkEgress {
 		return nil, fmt.Errorf("network: policy %q gets no NIC", policy)
+	}
+	nr, err := netrules.Parse(rules)
+	if err != nil {
+		return nil, fmt.Errorf("network: rules: %w", err)
+	}
+	if !nr.Empty() && policy != model.NetworkEgress {
+		return nil, fmt.Errorf("network: rules apply to policy egress only, not %q", policy)
+	}
+	if nr.HasNames() && m.gate == nil {
+		return nil, errors.New("network: domain rules need the DNS gate, which runs only with upstream resolvers (VULCAN_NETWORK_DNS is none, or the host has none)")
 	}
 	if err := m.Prepare(); err != nil {
 		return nil, err
@@ -235,17 +301,48 @@ func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkP
 	if err != nil {
 		return nil, fmt.Errorf("network: CNI result: %w", err)
 	}
-	if err := m.policy.addVM(vmRules(vmID, policy, m.names.Bridge, a.hostVeth, a.guest.IP)); err != nil {
+	spec := vmSpec{id: vmID, policy: policy, bridge: m.names.Bridge, hostVeth: a.hostVeth,
+		guest: a.guest.IP, subnet: m.sub.net, rules: nr}
+	set := ""
+	if spec.usesDNSSet() {
+		set = dnsSet(vmID)
+	}
+	if err := m.policy.addVM(vmRules(spec), set); err != nil {
 		return nil, fmt.Errorf("network: policy: %w", err)
 	}
 	undo = append(undo, func(context.Context) error { return m.policy.removeVM(vmID) })
 
-	m.log.Debug("network attached", "vm", vmID, "policy", policy, "ip", a.guest, "cni_add", added, "total", time.Since(start))
 	n := &vmm.Network{NetNS: path, TAP: a.tap, MAC: a.mac, GuestIP: a.guest, Gateway: a.gateway}
-	if policy == model.NetworkEgress {
-		n.DNS = m.cfg.DNS
+	if policy == model.NetworkEgress && m.gate != nil {
+		addr, ok := netip.AddrFromSlice(a.guest.IP.To4())
+		if !ok {
+			return nil, fmt.Errorf("network: guest address %s", a.guest.IP)
+		}
+		g := dnsgate.Guest{VM: vmID, Rules: nr}
+		if set != "" {
+			g.Learn = func(addrs []net.IP, ttl time.Duration) error { return m.policy.addAddrs(set, addrs, ttl) }
+		}
+		m.gate.Register(addr, g)
+		m.guestsMu.Lock()
+		m.guests[vmID] = addr
+		m.guestsMu.Unlock()
+		undo = append(undo, func(context.Context) error { m.unregister(vmID); return nil })
+		n.DNS = []net.IP{m.sub.gateway}
 	}
+	m.log.Debug("network attached", "vm", vmID, "policy", policy, "ip", a.guest, "rules", !nr.Empty(),
+		"cni_add", added, "total", time.Since(start))
 	return n, nil
+}
+
+// unregister takes vmID's address off the DNS gate.
+func (m *Manager) unregister(vmID string) {
+	m.guestsMu.Lock()
+	addr, ok := m.guests[vmID]
+	delete(m.guests, vmID)
+	m.guestsMu.Unlock()
+	if ok && m.gate != nil {
+		m.gate.Unregister(addr)
+	}
 }
 
 // Detach releases everything Attach acquired for vmID: its nft rules, CNI DEL (TAP, veth,
@@ -258,6 +355,7 @@ func (m *Manager) Detach(ctx context.Context, vmID string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
 	defer cancel()
 	var errs []error
+	m.unregister(vmID)
 	if err := m.policy.removeVM(vmID); err != nil {
 		errs = append(errs, fmt.Errorf("policy: %w", err))
 	}
@@ -518,6 +616,10 @@ func (m *Manager) Close(ctx context.Context) error {
 	m.prepMu.Lock()
 	was := m.prepared
 	m.prepared = false
+	if m.gate != nil && m.gateUp {
+		_ = m.gate.Close()
+		m.gateUp = false
+	}
 	m.prepMu.Unlock()
 	if !was {
 		return nil

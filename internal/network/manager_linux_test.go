@@ -124,7 +124,7 @@ func TestAttachDetach(t *testing.T) {
 	before := e.snapshot(t, m)
 	ctx := context.Background()
 
-	n, err := m.Attach(ctx, "vm-a", model.NetworkHost)
+	n, err := m.Attach(ctx, "vm-a", model.NetworkHost, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestAttachDetach(t *testing.T) {
 	// In the host namespace: the veth on the bridge, the lease, the VM's rules.
 	during := e.snapshot(t, m)
 	if len(during.links) != len(before.links)+1 || len(during.leases) != 1 || during.leases[0] != "10.213.77.2" ||
-		len(during.netns) != 1 || len(during.rules) != 2 {
+		len(during.netns) != 1 || len(during.rules) != 3 {
 		t.Errorf("after attach: %v (before %v)", during, before)
 	}
 	lease, _ := os.ReadFile(filepath.Join(m.files.leaseDir(), "10.213.77.2"))
@@ -214,12 +214,12 @@ func TestEgressRules(t *testing.T) {
 	e := newEnv(t)
 	m := e.manager(t)
 	ctx := context.Background()
-	a, err := m.Attach(ctx, "vm-eg", model.NetworkEgress)
+	a, err := m.Attach(ctx, "vm-eg", model.NetworkEgress, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = m.Detach(ctx, "vm-eg") })
-	h, err := m.Attach(ctx, "vm-h", model.NetworkHost)
+	h, err := m.Attach(ctx, "vm-h", model.NetworkHost, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,8 +228,8 @@ func TestEgressRules(t *testing.T) {
 	inet := e.nftList(t, "inet")
 	for _, want := range []string{
 		`ip saddr ` + g + ` oifname != "` + br + `" masquerade comment "vulcan:vm=vm-eg"`,
-		`iifname "` + br + `" ip saddr ` + g + ` accept comment "vulcan:vm=vm-eg"`,
-		`iifname "` + br + `" ip daddr 10.213.77.1 accept`,
+		`iifname "` + br + `" ip saddr ` + g + ` jump vm-vm-eg comment "vulcan:vm=vm-eg"`,
+		`iifname "` + br + `" drop`,
 		`oifname "` + br + `" ct state established,related accept`,
 	} {
 		if !strings.Contains(inet, want) {
@@ -245,7 +245,7 @@ func TestEgressRules(t *testing.T) {
 	if inet := e.nftList(t, "inet"); strings.Contains(inet, "vm-eg") || strings.Contains(inet, "masquerade") {
 		t.Errorf("egress rules remain after detach:\n%s", inet)
 	}
-	if rs, _ := m.policy.rulesOf("vm-h"); len(rs) != 2 {
+	if rs, _ := m.policy.rulesOf("vm-h"); len(rs) != 3 {
 		t.Errorf("detaching vm-eg touched vm-h's rules: %d left", len(rs))
 	}
 }
@@ -255,7 +255,7 @@ func TestEgressRules(t *testing.T) {
 func TestResultReadableByFirecrackerSDK(t *testing.T) {
 	e := newEnv(t)
 	m := e.manager(t)
-	n, err := m.Attach(context.Background(), "vm-fc", model.NetworkEgress)
+	n, err := m.Attach(context.Background(), "vm-fc", model.NetworkEgress, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +292,7 @@ func TestParallelAttach(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nw, err := m.Attach(ctx, "vm-p"+string(rune('a'+i)), model.NetworkHost)
+			nw, err := m.Attach(ctx, "vm-p"+string(rune('a'+i)), model.NetworkHost, nil)
 			if err != nil {
 				errs <- err
 				return
@@ -336,7 +336,7 @@ func TestNoLeakAfter50Cycles(t *testing.T) {
 		}
 		id := "vm-cycle-" + string(rune('a'+i%26)) + string(rune('a'+i/26))
 		start := time.Now()
-		if _, err := m.Attach(context.Background(), id, policy); err != nil {
+		if _, err := m.Attach(context.Background(), id, policy, nil); err != nil {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
 		adds = append(adds, time.Since(start))
@@ -373,7 +373,7 @@ func TestReclaimAfterCrash(t *testing.T) {
 	clean := e.snapshot(t, m)
 	ctx := context.Background()
 	for _, id := range []string{"vm-c1", "vm-c2"} {
-		if _, err := m.Attach(ctx, id, model.NetworkEgress); err != nil {
+		if _, err := m.Attach(ctx, id, model.NetworkEgress, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -390,11 +390,12 @@ func TestReclaimAfterCrash(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(m.files.leaseDir(), "10.213.77.200"), []byte("ghost\neth0"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.policy.addVM(vmRules("ghost", model.NetworkEgress, e.names.Bridge, "vstray0", net.ParseIP("10.213.77.200"))); err != nil {
+	if err := m.policy.addVM(vmRules(vmSpec{id: "ghost", policy: model.NetworkEgress, bridge: e.names.Bridge,
+		hostVeth: "vstray0", guest: net.ParseIP("10.213.77.200")}), ""); err != nil {
 		t.Fatal(err)
 	}
 	crashed := e.snapshot(t, m)
-	if len(crashed.netns) != 3 || len(crashed.leases) != 3 || len(crashed.rules) != 12 {
+	if len(crashed.netns) != 3 || len(crashed.leases) != 3 || len(crashed.rules) != 15 {
 		t.Fatalf("setup: %v", crashed)
 	}
 
@@ -403,7 +404,7 @@ func TestReclaimAfterCrash(t *testing.T) {
 		t.Errorf("after reclaim: %v, want %v", after, clean)
 	}
 	// The reclaimed manager works, with the same VM id.
-	if _, err := m2.Attach(ctx, "vm-c1", model.NetworkHost); err != nil {
+	if _, err := m2.Attach(ctx, "vm-c1", model.NetworkHost, nil); err != nil {
 		t.Fatal(err)
 	}
 	if w := e.snapshot(t, m2); len(w.leases) != 1 || len(w.netns) != 1 {
@@ -455,18 +456,18 @@ func TestTwoInstancesCoexist(t *testing.T) {
 	ma, mb := a.manager(t), b.manager(t)
 	ctx := context.Background()
 	for _, id := range []string{"vm-1", "vm-2"} {
-		if _, err := ma.Attach(ctx, id, model.NetworkEgress); err != nil {
+		if _, err := ma.Attach(ctx, id, model.NetworkEgress, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// The same VM id in both: names must not collide either.
 	for _, id := range []string{"vm-1", "vm-b"} {
-		if _, err := mb.Attach(ctx, id, model.NetworkEgress); err != nil {
+		if _, err := mb.Attach(ctx, id, model.NetworkEgress, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	bBefore := b.hostObjects(t, mb)
-	if w := b.snapshot(t, mb); len(w.netns) != 2 || len(w.leases) != 2 || len(w.rules) != 8 {
+	if w := b.snapshot(t, mb); len(w.netns) != 2 || len(w.leases) != 2 || len(w.rules) != 10 {
 		t.Fatalf("setup of b: %s", bBefore)
 	}
 	if w := a.snapshot(t, ma); len(w.netns) != 2 || len(w.leases) != 2 {
@@ -502,7 +503,7 @@ func TestTwoInstancesCoexist(t *testing.T) {
 		nettest.Do(t, host, func() error { return mb.cni.CheckNetworkList(ctx, mb.list, mb.rt(id)) })
 	}
 	// The restarted a works again, beside b.
-	if _, err := ma2.Attach(ctx, "vm-3", model.NetworkHost); err != nil {
+	if _, err := ma2.Attach(ctx, "vm-3", model.NetworkHost, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := ma2.Detach(ctx, "vm-3"); err != nil {
@@ -539,7 +540,7 @@ func TestSubnetInUse(t *testing.T) {
 	if err := ma.Prepare(); err != nil {
 		t.Fatal(err)
 	}
-	_, err = mb.Attach(context.Background(), "vm-x", model.NetworkHost)
+	_, err = mb.Attach(context.Background(), "vm-x", model.NetworkHost, nil)
 	want := "subnet 10.213.84.0/24 overlaps 10.213.84.1/24 on " + a.names.Bridge + " (another Vulcan server's bridge)"
 	if !errors.Is(err, ErrSubnetInUse) || !strings.Contains(err.Error(), want) {
 		t.Errorf("b's attach: %v, want ErrSubnetInUse and %q", err, want)
@@ -565,7 +566,7 @@ func TestSubnetInUse(t *testing.T) {
 	// A neighbouring subnet is fine, and a still works.
 	d := newEnvIn(t, host, "10.213.85.0/24")
 	d.manager(t)
-	if _, err := ma.Attach(context.Background(), "vm-a", model.NetworkHost); err != nil {
+	if _, err := ma.Attach(context.Background(), "vm-a", model.NetworkHost, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := ma.Detach(context.Background(), "vm-a"); err != nil {
@@ -613,11 +614,12 @@ func legacyAttach(t *testing.T, host, state, bins, subnet, vmID string) string {
 	}
 	policy := nft{netnsPath: host, table: legacy.Table}
 	if rs, _ := policy.rulesOf(""); rs == nil {
-		if err := policy.reset(baseRules(legacy.Bridge, sub.gateway)); err != nil {
+		if err := policy.reset(baseRules(legacy.Bridge, sub.gateway, nil)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := policy.addVM(vmRules(vmID, model.NetworkEgress, legacy.Bridge, att.hostVeth, att.guest.IP)); err != nil {
+	if err := policy.addVM(vmRules(vmSpec{id: vmID, policy: model.NetworkEgress, bridge: legacy.Bridge,
+		hostVeth: att.hostVeth, guest: att.guest.IP}), ""); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -668,7 +670,7 @@ func TestReclaimLegacy(t *testing.T) {
 		if att, _ := m.cni.GetCachedAttachments(""); len(att) != 0 {
 			t.Errorf("cache holds %d attachments", len(att))
 		}
-		if _, err := m.Attach(ctx, "vm-new", model.NetworkHost); err != nil {
+		if _, err := m.Attach(ctx, "vm-new", model.NetworkHost, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := m.Detach(ctx, "vm-new"); err != nil {
@@ -707,8 +709,8 @@ func TestReclaimLegacy(t *testing.T) {
 		if rs, _ := other.rulesOf(mine); len(rs) != 0 {
 			t.Errorf("this data dir's old rules: %d left", len(rs))
 		}
-		if rs, _ := other.rulesOf(theirs); len(rs) != 4 {
-			t.Errorf("the other server's rules: %d, want 4", len(rs))
+		if rs, _ := other.rulesOf(theirs); len(rs) != 5 {
+			t.Errorf("the other server's rules: %d, want 5", len(rs))
 		}
 		if _, err := os.Stat(layout{dir: e.state, network: legacy.Network}.conflist()); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("old conflist: %v", err)
@@ -719,11 +721,101 @@ func TestReclaimLegacy(t *testing.T) {
 		// With a subnet of its own the new server works beside the old one.
 		e.cfg.Subnet = "10.213.78.0/24"
 		m := e.manager(t)
-		if _, err := m.Attach(ctx, "vm-new", model.NetworkHost); err != nil {
+		if _, err := m.Attach(ctx, "vm-new", model.NetworkHost, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := m.Detach(ctx, "vm-new"); err != nil {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestEgressListsInKernel: a VM with allow/deny lists gets its chain and DNS set as the
+// kernel's own nft renders them; the gate's ports are the only ones open on the gateway;
+// learnt addresses carry their timeout, refreshed on a second answer; Detach removes the
+// chain and the set with the rules.
+func TestEgressListsInKernel(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.DNS = []net.IP{net.ParseIP("192.0.2.53")} // never asked here
+	m := e.manager(t)
+	ctx := context.Background()
+	n, err := m.Attach(ctx, "vm-l", model.NetworkEgress, &model.NetworkRules{
+		Allow: []string{"203.0.113.0/24", "10.1.2.0/24", "example.com", "*.pypi.org"},
+		Deny:  []string{"203.0.113.66", "bad.example.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Detach(ctx, "vm-l") })
+	if len(n.DNS) != 1 || !n.DNS[0].Equal(m.Gateway()) {
+		t.Errorf("guest resolvers %v, want the gateway only", n.DNS)
+	}
+	inet := e.nftList(t, "inet")
+	// Order matters: the kernel lists a chain's rules in evaluation order.
+	var at []int
+	for _, want := range []string{
+		`set dns-vm-l {`,
+		`flags timeout`,
+		`iifname "` + e.names.Bridge + `" ip daddr 10.213.77.1 udp dport 53 accept`,
+		`iifname "` + e.names.Bridge + `" ip daddr 10.213.77.1 tcp dport 53 accept`,
+		`iifname "` + e.names.Bridge + `" drop`,
+		`chain vm-vm-l {`,
+		`ct state established,related accept comment "vulcan:vm=vm-l"`,
+		`ip daddr 169.254.0.0/16 drop comment "vulcan:vm=vm-l"`,
+		`ip daddr 10.213.77.0/24 drop comment "vulcan:vm=vm-l"`,
+		`ip daddr 203.0.113.66 drop comment "vulcan:vm=vm-l"`,
+		`ip daddr 203.0.113.0/24 accept comment "vulcan:vm=vm-l"`,
+		`ip daddr 10.1.2.0/24 accept comment "vulcan:vm=vm-l"`,
+		`ip daddr 10.0.0.0/8 drop comment "vulcan:vm=vm-l"`,
+		`ip daddr @dns-vm-l accept comment "vulcan:vm=vm-l"`,
+	} {
+		i := strings.Index(inet, want)
+		if i < 0 {
+			t.Errorf("inet table lacks %q", want)
+			continue
+		}
+		at = append(at, i)
+	}
+	if !sort.IntsAreSorted(at) {
+		t.Errorf("rules out of order: %v", at)
+	}
+	if t.Failed() {
+		t.Logf("inet table:\n%s", inet)
+	}
+	// Learnt addresses: a second answer with a longer TTL replaces the first timeout.
+	if err := m.policy.addAddrs(dnsSet("vm-l"), []net.IP{net.ParseIP("198.51.100.7")}, 40*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.policy.addAddrs(dnsSet("vm-l"), []net.IP{net.ParseIP("198.51.100.7"), net.ParseIP("198.51.100.8")}, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	els, err := m.policy.setAddrs(dnsSet("vm-l"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, el := range els {
+		got = append(got, fmt.Sprintf("%s/%s", net.IP(el.Key), el.Timeout))
+	}
+	sort.Strings(got)
+	if strings.Join(got, ",") != "198.51.100.7/1m30s,198.51.100.8/1m30s" {
+		t.Errorf("set elements %v", got)
+	}
+	if err := m.Detach(ctx, "vm-l"); err != nil {
+		t.Fatal(err)
+	}
+	if inet := e.nftList(t, "inet"); strings.Contains(inet, "vm-l") {
+		t.Errorf("the VM's chain or set is left:\n%s", inet)
+	}
+	// Domain rules need the gate: without upstreams, Attach refuses them.
+	e2 := newEnvIn(t, e.host, "10.213.79.0/24")
+	m2 := e2.manager(t)
+	if _, err := m2.Attach(ctx, "vm-n", model.NetworkEgress, &model.NetworkRules{Allow: []string{"example.com"}}); err == nil || !strings.Contains(err.Error(), "DNS gate") {
+		t.Errorf("domain rules without a gate: %v", err)
+	}
+	if _, err := m2.Attach(ctx, "vm-n", model.NetworkHost, &model.NetworkRules{Allow: []string{"203.0.113.0/24"}}); err == nil {
+		t.Error("rules accepted with policy host")
+	}
+	if inet := e2.nftList(t, "inet"); strings.Contains(inet, "dport 53") {
+		t.Errorf("port 53 open without a gate:\n%s", inet)
+	}
 }

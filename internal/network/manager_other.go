@@ -22,7 +22,7 @@ func Check(binDir string) error { return fmt.Errorf("%w: VM networking needs Lin
 
 func (m *Manager) Gateway() net.IP { return nil }
 
-func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy) (*vmm.Network, error) {
+func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (*vmm.Network, error) {
 	return nil, Check("")
 }
 

@@ -12,6 +12,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/network/netrules"
 )
 
 func TestConflistPinned(t *testing.T) {
@@ -125,8 +126,10 @@ func TestRulesPinned(t *testing.T) {
 		}
 		return strings.Join(out, "\n")
 	}
-	if got, want := render(baseRules("vulcan0", net.ParseIP("10.213.0.1"))), strings.Join([]string{
-		`inet input: iifname "vulcan0" ip daddr 10.213.0.1 accept`,
+	if got, want := render(baseRules("vulcan0", net.ParseIP("10.213.0.1"), append(DNSServices, Service{"tcp", 8000}))), strings.Join([]string{
+		`inet input: iifname "vulcan0" ip daddr 10.213.0.1 udp dport 53 accept`,
+		`inet input: iifname "vulcan0" ip daddr 10.213.0.1 tcp dport 53 accept`,
+		`inet input: iifname "vulcan0" ip daddr 10.213.0.1 tcp dport 8000 accept`,
 		`inet input: iifname "vulcan0" drop`,
 		`inet forward: oifname "vulcan0" ct state established,related accept`,
 		`inet forward: oifname "vulcan0" drop`,
@@ -134,24 +137,91 @@ func TestRulesPinned(t *testing.T) {
 	}, "\n"); got != want {
 		t.Errorf("base rules:\n%s\nwant:\n%s", got, want)
 	}
+	// Without a DNS gate or services, no port of the host is open to guests.
+	if got := render(baseRules("vulcan0", net.ParseIP("10.213.0.1"), nil)); strings.Contains(got, "accept") && strings.Contains(got, "inet input") && strings.Contains(got, "dport") {
+		t.Errorf("ports open without services:\n%s", got)
+	}
+	_, subnet, _ := net.ParseCIDR("10.213.0.0/24")
+	spec := vmSpec{id: "wl1", policy: model.NetworkHost, bridge: "vulcan0", hostVeth: "veth1234",
+		guest: net.ParseIP("10.213.0.5"), subnet: subnet}
 	host := []string{
 		`bridge prerouting: iifname "veth1234" meta protocol ip ip saddr != 10.213.0.5 drop comment "vulcan:vm=wl1"`,
+		`bridge prerouting: iifname "veth1234" meta protocol ip6 drop comment "vulcan:vm=wl1"`,
 		`bridge forward: iifname "veth1234" drop comment "vulcan:vm=wl1"`,
 	}
-	if got := render(vmRules("wl1", model.NetworkHost, "vulcan0", "veth1234", net.ParseIP("10.213.0.5"))); got != strings.Join(host, "\n") {
+	if got := render(vmRules(spec)); got != strings.Join(host, "\n") {
 		t.Errorf("host policy:\n%s", got)
 	}
-	egress := append(host,
-		`inet forward: iifname "vulcan0" ip saddr 10.213.0.5 accept comment "vulcan:vm=wl1"`,
+	// The egress chain, in the order netrules documents: established flows, never
+	// (Fixed, the guest subnet), deny, allow, blocked by default, then the rest.
+	head := append(append([]string{}, host...),
+		`inet forward: iifname "vulcan0" ip saddr 10.213.0.5 jump vm-wl1 comment "vulcan:vm=wl1"`,
 		`inet postrouting: ip saddr 10.213.0.5 oifname != "vulcan0" masquerade comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ct state established,related accept comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 0.0.0.0/8 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 127.0.0.0/8 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 169.254.0.0/16 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 224.0.0.0/4 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 240.0.0.0/4 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 10.213.0.0/24 drop comment "vulcan:vm=wl1"`,
 	)
-	rs := vmRules("wl1", model.NetworkEgress, "vulcan0", "veth1234", net.ParseIP("10.213.0.5"))
-	if got := render(rs); got != strings.Join(egress, "\n") {
-		t.Errorf("egress policy:\n%s", got)
+	blocked := []string{
+		`inet vm-wl1: ip daddr 10.0.0.0/8 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 100.64.0.0/10 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 172.16.0.0/12 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 192.0.0.0/24 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 192.88.99.0/24 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 192.168.0.0/16 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 198.18.0.0/15 drop comment "vulcan:vm=wl1"`,
 	}
-	// The forward accept must precede the base drops of its chain.
-	if !rs[2].head {
-		t.Error("egress forward rule is not inserted at the chain's head")
+	spec.policy = model.NetworkEgress
+	rs := vmRules(spec)
+	want := append(append(append([]string{}, head...), blocked...), `inet vm-wl1: accept comment "vulcan:vm=wl1"`)
+	if got := render(rs); got != strings.Join(want, "\n") {
+		t.Errorf("egress policy:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+	// The jump must precede the base drops of its chain; nothing else is at a head.
+	for i, r := range rs {
+		if r.head != (i == 3) {
+			t.Errorf("rule %d (%s): head %v", i, r, r.head)
+		}
+	}
+	if spec.usesDNSSet() {
+		t.Error("a DNS set without name rules")
+	}
+
+	// With lists: deny before allow, an allowed private CIDR before the default blocks,
+	// the DNS set last; with an allow list in force nothing else is accepted.
+	parse := func(allow, deny []string) netrules.Rules {
+		r, err := netrules.Parse(&model.NetworkRules{Allow: allow, Deny: deny})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	spec.rules = parse([]string{"203.0.113.0/24", "10.1.2.0/24", "example.com", "*.pypi.org"}, []string{"203.0.113.66", "bad.example.com"})
+	want = append(append([]string{}, head...),
+		`inet vm-wl1: ip daddr 203.0.113.66/32 drop comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 203.0.113.0/24 accept comment "vulcan:vm=wl1"`,
+		`inet vm-wl1: ip daddr 10.1.2.0/24 accept comment "vulcan:vm=wl1"`,
+	)
+	want = append(append(want, blocked...), `inet vm-wl1: ip daddr @dns-wl1 accept comment "vulcan:vm=wl1"`)
+	if got := render(vmRules(spec)); got != strings.Join(want, "\n") {
+		t.Errorf("egress with lists:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+	if !spec.usesDNSSet() {
+		t.Error("no DNS set with allowed names")
+	}
+	// An allow list of CIDRs only: no set, and no accept-the-rest.
+	spec.rules = parse([]string{"203.0.113.0/24"}, nil)
+	got := render(vmRules(spec))
+	if strings.Contains(got, "@dns-") || strings.HasSuffix(got, `vm-wl1: accept comment "vulcan:vm=wl1"`) || spec.usesDNSSet() {
+		t.Errorf("CIDR allow list:\n%s", got)
+	}
+	// Deny names only: the open policy, names are the gate's business.
+	spec.rules = parse(nil, []string{"*.tracker.test"})
+	if got := render(vmRules(spec)); !strings.HasSuffix(got, `inet vm-wl1: accept comment "vulcan:vm=wl1"`) || spec.usesDNSSet() {
+		t.Errorf("deny names only:\n%s", got)
 	}
 }
 

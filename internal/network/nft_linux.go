@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -82,7 +84,7 @@ func (n nft) reset(base []rule) error {
 			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(cs.priority)), Type: typ, Policy: &policy})
 	}
 	for _, r := range base {
-		if err := n.add(c, r); err != nil {
+		if err := n.add(c, r, nil); err != nil {
 			return err
 		}
 	}
@@ -120,16 +122,45 @@ func (n nft) drop() (int, error) {
 	return k, c.Flush()
 }
 
-// addVM installs rules in one batch.
-func (n nft) addVM(rs []rule) error {
+// addVM installs a VM's rules in one batch, with its chain and its DNS set when they
+// are used (chain and set are named after the VM, so removeVM finds them).
+func (n nft) addVM(rs []rule, set string) error {
 	c, done, err := n.conn()
 	if err != nil {
 		return err
 	}
 	defer done()
+	made := map[string]bool{}
+	for _, cs := range chains {
+		made[string(cs.family)+" "+cs.name] = true
+	}
 	for _, r := range rs {
-		if err := n.add(c, r); err != nil {
-			return err
+		if k := string(r.family) + " " + r.chain; !made[k] {
+			c.AddChain(&nftables.Chain{Name: r.chain, Table: n.tbl(r.family)})
+			made[k] = true
+		}
+	}
+	sets := map[string]*nftables.Set{}
+	if set != "" {
+		s := n.dnsSetRef(set)
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("nft: set %s: %w", set, err)
+		}
+		sets[set] = s
+	}
+	// Head rules are inserted one by one at the front: in reverse, they keep their order.
+	for i := len(rs) - 1; i >= 0; i-- {
+		if rs[i].head {
+			if err := n.add(c, rs[i], sets); err != nil {
+				return err
+			}
+		}
+	}
+	for _, r := range rs {
+		if !r.head {
+			if err := n.add(c, r, sets); err != nil {
+				return err
+			}
 		}
 	}
 	if err := c.Flush(); err != nil {
@@ -138,8 +169,62 @@ func (n nft) addVM(rs []rule) error {
 	return nil
 }
 
-func (n nft) add(c *nftables.Conn, r rule) error {
-	exprs, err := compile(r)
+// dnsSetRef is a VM's set of addresses the DNS gate answered: IPv4 addresses, each with
+// its own timeout.
+func (n nft) dnsSetRef(name string) *nftables.Set {
+	return &nftables.Set{Table: n.tbl(famInet), Name: name, KeyType: nftables.TypeIPAddr, HasTimeout: true}
+}
+
+// addAddrs puts addresses in a VM's DNS set for ttl, replacing the timeout of those
+// already there: add (a no-op for a present element), delete, add again, in one batch,
+// so the address is never missing and an element the kernel is expiring cannot make
+// the batch fail.
+func (n nft) addAddrs(set string, addrs []net.IP, ttl time.Duration) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	c, done, err := n.conn()
+	if err != nil {
+		return err
+	}
+	defer done()
+	s := n.dnsSetRef(set)
+	var plain, timed []nftables.SetElement
+	for _, a := range addrs {
+		ip := a.To4()
+		if ip == nil {
+			continue
+		}
+		plain = append(plain, nftables.SetElement{Key: ip})
+		timed = append(timed, nftables.SetElement{Key: ip, Timeout: ttl})
+	}
+	for _, step := range []func() error{
+		func() error { return c.SetAddElements(s, plain) },
+		func() error { return c.SetDeleteElements(s, plain) },
+		func() error { return c.SetAddElements(s, timed) },
+	} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nft: set %s: %w", set, err)
+	}
+	return nil
+}
+
+// setAddrs lists the addresses in a set (tests and diagnostics).
+func (n nft) setAddrs(set string) ([]nftables.SetElement, error) {
+	c, done, err := n.conn()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return c.GetSetElements(n.dnsSetRef(set))
+}
+
+func (n nft) add(c *nftables.Conn, r rule, sets map[string]*nftables.Set) error {
+	exprs, err := compile(r, sets)
 	if err != nil {
 		return fmt.Errorf("nft: %s: %w", r, err)
 	}
@@ -189,7 +274,8 @@ func (n nft) tagged(c *nftables.Conn, vmID string) ([]*nftables.Rule, error) {
 	return out, nil
 }
 
-// removeVM deletes exactly the rules tagged with vmID; none is success.
+// removeVM deletes exactly the rules tagged with vmID, then its chain and its DNS set;
+// none is success.
 func (n nft) removeVM(vmID string) error {
 	c, done, err := n.conn()
 	if err != nil {
@@ -197,7 +283,7 @@ func (n nft) removeVM(vmID string) error {
 	}
 	defer done()
 	rs, err := n.tagged(c, vmID)
-	if err != nil || len(rs) == 0 {
+	if err != nil {
 		return err
 	}
 	for _, r := range rs {
@@ -205,14 +291,41 @@ func (n nft) removeVM(vmID string) error {
 			return err
 		}
 	}
+	if len(rs) > 0 {
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("nft: delete rules of %s: %w", vmID, err)
+		}
+	}
+	// The jump is gone: the chain (with its rules) and then the set it used can go.
+	k := 0
+	if chs, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet); err == nil {
+		for _, ch := range chs {
+			if ch.Table.Name == n.table && ch.Name == vmChain(vmID) {
+				c.FlushChain(ch)
+				c.DelChain(ch)
+				k++
+			}
+		}
+	}
+	if sets, err := c.GetSets(n.tbl(famInet)); err == nil {
+		for _, s := range sets {
+			if s.Name == dnsSet(vmID) {
+				c.DelSet(s)
+				k++
+			}
+		}
+	}
+	if k == 0 {
+		return nil
+	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nft: delete rules of %s: %w", vmID, err)
+		return fmt.Errorf("nft: delete chain and set of %s: %w", vmID, err)
 	}
 	return nil
 }
 
 // compile turns a rule into nftables expressions.
-func compile(r rule) ([]expr.Any, error) {
+func compile(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 	var out []expr.Any
 	op := func(neg bool) expr.CmpOp {
 		if neg {
@@ -234,13 +347,13 @@ func compile(r rule) ([]expr.Any, error) {
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(unix.ETH_P_IP)})
-		case mSaddr, mDaddr:
-			ip := net.ParseIP(m.value).To4()
-			if ip == nil {
-				return nil, fmt.Errorf("not an IPv4 address: %q", m.value)
-			}
+		case mIPv6:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(unix.ETH_P_IPV6)})
+		case mSaddr, mDaddr, mDaddrSet:
 			off := uint32(12)
-			if m.kind == mDaddr {
+			if m.kind != mSaddr {
 				off = 16
 			}
 			if r.family == famInet {
@@ -249,9 +362,41 @@ func compile(r rule) ([]expr.Any, error) {
 					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}})
 			}
+			load := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4}
+			if m.kind == mDaddrSet {
+				s := sets[m.value]
+				if s == nil {
+					return nil, fmt.Errorf("set %q is not in the batch", m.value)
+				}
+				out = append(out, load, &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, Invert: m.neg})
+				continue
+			}
+			ip, mask, err := addrOrPrefix(m.value)
+			if err != nil {
+				return nil, err
+			}
+			if ones, _ := mask.Size(); ones == 0 {
+				if m.neg {
+					return nil, fmt.Errorf("%s matches nothing", m.value)
+				}
+				continue // 0.0.0.0/0: every IPv4 packet, which the protocol match above says
+			}
+			out = append(out, load)
+			if ones, _ := mask.Size(); ones < 32 {
+				out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: []byte(mask), Xor: []byte{0, 0, 0, 0}})
+			}
+			out = append(out, &expr.Cmp{Op: op(m.neg), Register: 1, Data: ip})
+		case mL4:
+			proto, port, err := l4(m.value)
+			if err != nil {
+				return nil, err
+			}
 			out = append(out,
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
-				&expr.Cmp{Op: op(m.neg), Register: 1, Data: ip})
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)})
 		case mCtEstRel:
 			out = append(out,
 				&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
@@ -270,10 +415,47 @@ func compile(r rule) ([]expr.Any, error) {
 		out = append(out, &expr.Verdict{Kind: expr.VerdictDrop})
 	case vMasquerade:
 		out = append(out, &expr.Masq{})
+	case vJump:
+		if r.target == "" {
+			return nil, errors.New("jump without a target chain")
+		}
+		out = append(out, &expr.Verdict{Kind: expr.VerdictJump, Chain: r.target})
 	default:
 		return nil, fmt.Errorf("unknown verdict %q", r.verdict)
 	}
 	return out, nil
+}
+
+// addrOrPrefix reads "a.b.c.d" (a /32) or "a.b.c.d/n" with no bits past its mask.
+func addrOrPrefix(v string) (net.IP, net.IPMask, error) {
+	if !strings.Contains(v, "/") {
+		ip := net.ParseIP(v).To4()
+		if ip == nil {
+			return nil, nil, fmt.Errorf("not an IPv4 address: %q", v)
+		}
+		return ip, net.CIDRMask(32, 32), nil
+	}
+	ip, n, err := net.ParseCIDR(v)
+	if err != nil || ip.To4() == nil || !ip.Equal(n.IP) {
+		return nil, nil, fmt.Errorf("not an IPv4 network: %q", v)
+	}
+	return n.IP.To4(), n.Mask, nil
+}
+
+// l4 reads "udp/53" or "tcp/53".
+func l4(v string) (byte, uint16, error) {
+	proto, port, _ := strings.Cut(v, "/")
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return 0, 0, fmt.Errorf("bad port in %q", v)
+	}
+	switch proto {
+	case "udp":
+		return unix.IPPROTO_UDP, uint16(p), nil
+	case "tcp":
+		return unix.IPPROTO_TCP, uint16(p), nil
+	}
+	return 0, 0, fmt.Errorf("unknown protocol in %q", v)
 }
 
 // ifname is an interface name as the kernel compares it: NUL-padded to IFNAMSIZ.

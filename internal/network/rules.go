@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/network/netrules"
 )
 
 // The nft policy, as data: base rules installed with the tables and per-VM rules keyed by
@@ -22,8 +23,11 @@ const (
 	mOIF                       // oifname
 	mBrIIF                     // meta ibrname: frames that entered through this bridge
 	mIPv4                      // meta protocol ip
-	mSaddr                     // ip saddr
-	mDaddr                     // ip daddr
+	mIPv6                      // meta protocol ip6
+	mSaddr                     // ip saddr (an address)
+	mDaddr                     // ip daddr (an address or a CIDR)
+	mDaddrSet                  // ip daddr @set
+	mL4                        // "udp dport 53": the transport protocol and destination port
 	mCtEstRel                  // ct state established,related
 )
 
@@ -39,6 +43,7 @@ const (
 	vAccept     verdict = "accept"
 	vDrop       verdict = "drop"
 	vMasquerade verdict = "masquerade"
+	vJump       verdict = "jump"
 )
 
 type family string
@@ -49,12 +54,13 @@ const (
 )
 
 // rule is one nft rule; vm is "" for base rules. head puts a per-VM rule before the
-// chain's base rules.
+// chain's base rules. target is the chain a jump goes to.
 type rule struct {
 	family  family
 	chain   string
 	matches []match
 	verdict verdict
+	target  string
 	vm      string
 	head    bool
 }
@@ -82,15 +88,25 @@ func (r rule) String() string {
 			fmt.Fprintf(&b, " oifname%s%q", op, m.value)
 		case mIPv4:
 			b.WriteString(" meta protocol ip")
+		case mIPv6:
+			b.WriteString(" meta protocol ip6")
 		case mSaddr:
 			fmt.Fprintf(&b, " ip saddr%s%s", op, m.value)
 		case mDaddr:
 			fmt.Fprintf(&b, " ip daddr%s%s", op, m.value)
+		case mDaddrSet:
+			fmt.Fprintf(&b, " ip daddr%s@%s", op, m.value)
+		case mL4:
+			proto, port, _ := strings.Cut(m.value, "/")
+			fmt.Fprintf(&b, " %s dport %s", proto, port)
 		case mCtEstRel:
 			b.WriteString(" ct state established,related")
 		}
 	}
 	fmt.Fprintf(&b, " %s", r.verdict)
+	if r.target != "" {
+		fmt.Fprintf(&b, " %s", r.target)
+	}
 	if c := r.comment(); c != "" {
 		fmt.Fprintf(&b, " comment %q", c)
 	}
@@ -116,41 +132,113 @@ var chains = []chainSpec{
 	{famBridge, "prerouting", "prerouting", false, 0},
 }
 
-// baseRules hold for every guest on bridge br, whose gateway address is gw.
-func baseRules(br string, gw net.IP) []rule {
-	iif := match{kind: mIIF, value: br}
-	oif := match{kind: mOIF, value: br}
-	return []rule{
-		// To the host: the gateway address only.
-		{family: famInet, chain: "input", matches: []match{iif, {kind: mDaddr, value: gw.String()}}, verdict: vAccept},
-		{family: famInet, chain: "input", matches: []match{iif}, verdict: vDrop},
-		// Into guests: replies only, never new connections.
-		{family: famInet, chain: "forward", matches: []match{oif, {kind: mCtEstRel}}, verdict: vAccept},
-		{family: famInet, chain: "forward", matches: []match{oif}, verdict: vDrop},
-		// From guests beyond the host: only what a VM's egress rule (at the head) accepts.
-		{family: famInet, chain: "forward", matches: []match{iif}, verdict: vDrop},
-	}
+// Service is a port Vulcan itself serves guests on the gateway address: the only ports of
+// the host a guest reaches.
+type Service struct {
+	Proto string // "udp" or "tcp"
+	Port  uint16
 }
 
-// vmRules are one VM's rules: its port may send IPv4 only from the address it was given,
-// and nothing it sends is bridged to another port (guests never reach each other); with
-// egress its forwarded traffic is accepted and masqueraded behind the host.
-func vmRules(vmID string, policy model.NetworkPolicy, br, hostVeth string, guest net.IP) []rule {
-	g := guest.String()
+func (s Service) String() string { return fmt.Sprintf("%s/%d", s.Proto, s.Port) }
+
+// DNSServices are the DNS gate's ports.
+var DNSServices = []Service{{"udp", 53}, {"tcp", 53}}
+
+// vmChain is the regular chain holding one egress VM's verdicts; dnsSet the set of the
+// addresses the DNS gate answered it, each for its TTL.
+func vmChain(vmID string) string { return "vm-" + vmID }
+func dnsSet(vmID string) string  { return "dns-" + vmID }
+
+// baseRules hold for every guest on bridge br, whose gateway address is gw and whose
+// host services are services.
+func baseRules(br string, gw net.IP, services []Service) []rule {
+	iif := match{kind: mIIF, value: br}
+	oif := match{kind: mOIF, value: br}
+	var rs []rule
+	// To the host: Vulcan's own services on the gateway address, and nothing else.
+	for _, s := range services {
+		rs = append(rs, rule{family: famInet, chain: "input",
+			matches: []match{iif, {kind: mDaddr, value: gw.String()}, {kind: mL4, value: s.String()}}, verdict: vAccept})
+	}
+	return append(rs,
+		rule{family: famInet, chain: "input", matches: []match{iif}, verdict: vDrop},
+		// Into guests: replies only, never new connections.
+		rule{family: famInet, chain: "forward", matches: []match{oif, {kind: mCtEstRel}}, verdict: vAccept},
+		rule{family: famInet, chain: "forward", matches: []match{oif}, verdict: vDrop},
+		// From guests beyond the host: only what a VM's chain (jumped to from the head) accepts.
+		rule{family: famInet, chain: "forward", matches: []match{iif}, verdict: vDrop},
+	)
+}
+
+// vmSpec is what one VM's rules depend on.
+type vmSpec struct {
+	id       string
+	policy   model.NetworkPolicy
+	bridge   string
+	hostVeth string
+	guest    net.IP
+	subnet   *net.IPNet // the server's guest subnet: other guests
+	rules    netrules.Rules
+}
+
+// usesDNSSet: the VM's chain accepts what the DNS gate answered it (an allow list with
+// names); otherwise there is no set.
+func (s vmSpec) usesDNSSet() bool {
+	return s.policy == model.NetworkEgress && len(s.rules.AllowNames) > 0
+}
+
+// vmRules are one VM's rules: its port may send IPv4 only from the address it was given
+// and no IPv6, and nothing it sends is bridged to another port (guests never reach each
+// other). With egress, its forwarded traffic jumps to its own chain (vmChain), which
+// decides in the order netrules documents, and is masqueraded behind the host.
+func vmRules(s vmSpec) []rule {
+	g := s.guest.String()
 	rs := []rule{
-		{family: famBridge, chain: "prerouting", vm: vmID,
-			matches: []match{{kind: mIIF, value: hostVeth}, {kind: mIPv4}, {kind: mSaddr, neg: true, value: g}},
+		{family: famBridge, chain: "prerouting", vm: s.id,
+			matches: []match{{kind: mIIF, value: s.hostVeth}, {kind: mIPv4}, {kind: mSaddr, neg: true, value: g}},
 			verdict: vDrop},
-		{family: famBridge, chain: "forward", vm: vmID,
-			matches: []match{{kind: mIIF, value: hostVeth}}, verdict: vDrop},
+		{family: famBridge, chain: "prerouting", vm: s.id,
+			matches: []match{{kind: mIIF, value: s.hostVeth}, {kind: mIPv6}}, verdict: vDrop},
+		{family: famBridge, chain: "forward", vm: s.id,
+			matches: []match{{kind: mIIF, value: s.hostVeth}}, verdict: vDrop},
 	}
-	if policy == model.NetworkEgress {
-		rs = append(rs,
-			rule{family: famInet, chain: "forward", vm: vmID, head: true,
-				matches: []match{{kind: mIIF, value: br}, {kind: mSaddr, value: g}}, verdict: vAccept},
-			rule{family: famInet, chain: "postrouting", vm: vmID,
-				matches: []match{{kind: mSaddr, value: g}, {kind: mOIF, neg: true, value: br}}, verdict: vMasquerade},
-		)
+	if s.policy != model.NetworkEgress {
+		return rs
 	}
+	ch := vmChain(s.id)
+	rs = append(rs,
+		rule{family: famInet, chain: "forward", vm: s.id, head: true,
+			matches: []match{{kind: mIIF, value: s.bridge}, {kind: mSaddr, value: g}}, verdict: vJump, target: ch},
+		rule{family: famInet, chain: "postrouting", vm: s.id,
+			matches: []match{{kind: mSaddr, value: g}, {kind: mOIF, neg: true, value: s.bridge}}, verdict: vMasquerade},
+	)
+	to := func(cidr string, v verdict) rule {
+		return rule{family: famInet, chain: ch, vm: s.id, matches: []match{{kind: mDaddr, value: cidr}}, verdict: v}
+	}
+	// A flow the chain let start lives on when a name's TTL ends.
+	rs = append(rs, rule{family: famInet, chain: ch, vm: s.id, matches: []match{{kind: mCtEstRel}}, verdict: vAccept})
+	for _, f := range netrules.Fixed {
+		rs = append(rs, to(f.Prefix.String(), vDrop))
+	}
+	if s.subnet != nil {
+		rs = append(rs, to(s.subnet.String(), vDrop))
+	}
+	for _, p := range s.rules.DenyNets {
+		rs = append(rs, to(p.String(), vDrop))
+	}
+	for _, p := range s.rules.AllowNets {
+		rs = append(rs, to(p.String(), vAccept))
+	}
+	for _, b := range netrules.Blocked {
+		rs = append(rs, to(b.Prefix.String(), vDrop))
+	}
+	switch {
+	case s.usesDNSSet():
+		rs = append(rs, rule{family: famInet, chain: ch, vm: s.id,
+			matches: []match{{kind: mDaddrSet, value: dnsSet(s.id)}}, verdict: vAccept})
+	case !s.rules.AllowList():
+		rs = append(rs, rule{family: famInet, chain: ch, vm: s.id, verdict: vAccept})
+	}
+	// Whatever the chain leaves falls back to the forward chain's drop.
 	return rs
 }

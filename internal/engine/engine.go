@@ -216,6 +216,9 @@ func (e *Engine) Submit(ctx context.Context, spec model.Spec) (*model.Workload, 
 		e.mu.Unlock()
 		return nil, fmt.Errorf("engine: %w", err)
 	}
+	// The caller gets the workload as admitted (pending): once queued, a worker may run it
+	// to completion before this returns.
+	admitted := t.snapshot()
 	e.mu.Lock()
 	if e.closing {
 		// Shutdown began while we were storing: it may already have drained the queue.
@@ -226,7 +229,7 @@ func (e *Engine) Submit(ctx context.Context, spec model.Spec) (*model.Workload, 
 	e.enqueueLocked(t)
 	e.mu.Unlock()
 	e.m.submitted.WithLabelValues(string(spec.Runtime)).Inc()
-	return t.snapshot(), nil
+	return admitted, nil
 }
 
 // Run submits spec and waits for it to end. If ctx ends first Run returns ctx's error

@@ -198,7 +198,7 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 		b.metrics.workloads.WithLabelValues(vmmName, string(spec.Runtime), outcome).Inc()
 	}()
 
-	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs)
+	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs, false)
 	if v != nil {
 		defer func() {
 			// Not ctx itself: it may be the workload's expired timeout. WithoutCancel
@@ -275,7 +275,9 @@ func execFor(job backend.Job) *protocol.Exec {
 
 // boot acquires everything a VM needs, each undo registered right after its acquire, and
 // waits for the agent's hello. The returned vm (even with an error) must be torn down.
-func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS) (*vm, error) {
+// With session set the VM is a sandbox's: it stays up after any one process, and its agent
+// connection becomes a multiplexed session (v.session) instead of an exec channel.
+func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS, session bool) (*vm, error) {
 	id := job.WorkloadID
 	v := &vm{b: b, id: id, driver: driver, kernel: kernel, rootfs: rootfs}
 	b.mu.Lock()
@@ -326,7 +328,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		CPUs:         job.Spec.Resources.CPUs,
 		MemMB:        job.Spec.Resources.MemMB,
 		CID:          cid,
-		Args:         []string{"vulcan.hostname=vulcan", network.KernelIPArg()},
+		Args:         bootArgs(network, session),
 		Network:      network,
 		ConsoleLimit: b.cfg.ConsoleLimit,
 		Cell:         spec,
@@ -372,8 +374,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		return v, v.bootError(ctx, err)
 	}
 	v.cleanup.Add("close agent channel", func(context.Context) error { return conn.Close() })
-	v.agent = protocol.NewConn(conn)
-	hello, err := v.agent.ReadHello(bootCtx)
+	hello, err := v.greet(bootCtx, conn, session)
 	if err != nil {
 		return v, v.bootError(ctx, err)
 	}
@@ -413,7 +414,8 @@ type vm struct {
 	cid      uint32
 	network  *vmm.Network // nil: no NIC
 	machine  vmm.Machine
-	agent    *protocol.Conn
+	agent    *protocol.Conn    // exec VMs
+	session  *protocol.Session // sandbox VMs
 	hello    *protocol.Hello
 	started  time.Time
 	bootTime time.Duration
@@ -432,8 +434,8 @@ func (v *vm) teardown(ctx context.Context) error {
 
 // gracefulWait is how long teardown waits for the guest to power itself off.
 func (v *vm) gracefulWait() time.Duration {
-	if v.hello == nil {
-		return 0
+	if v.hello == nil || v.session != nil {
+		return 0 // a sandbox's guest does not power itself off: it is stopped
 	}
 	return 3 * time.Second
 }

@@ -1,0 +1,131 @@
+package microvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/images"
+	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/protocol"
+)
+
+// VMSpec is a sandbox VM to start: which image, how big, on what network.
+type VMSpec struct {
+	ID           string // the sandbox id; names the VM's dir, netns and logs
+	Template     model.Runtime
+	Resources    model.Resources
+	Network      model.NetworkPolicy
+	NetworkRules *model.NetworkRules
+}
+
+// SandboxVM is a running VM whose agent serves a session. Stop it when done; it is also
+// stopped by the backend's Cleanup for its id.
+type SandboxVM struct {
+	v       *vm
+	session *protocol.Session
+}
+
+// Session is the multiplexed agent connection: processes, files, metrics.
+func (s *SandboxVM) Session() *protocol.Session { return s.session }
+
+// Metadata describes the VM (vm_id, vmm, accel, boot_ms, cid, guest_ip, versions).
+func (s *SandboxVM) Metadata() map[string]string { return s.v.metadata() }
+
+// Done is closed when the VM is gone: its VMM exited or its agent connection ended.
+func (s *SandboxVM) Done() <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-s.v.machine.Done():
+		case <-s.session.Done():
+		}
+	}()
+	return done
+}
+
+// Stop tears the VM down and releases everything it held. Idempotent.
+func (s *SandboxVM) Stop(ctx context.Context) error { return s.v.teardown(ctx) }
+
+// StartSandbox boots a VM for a sandbox and returns it once its agent serves a session.
+// ctx bounds the boot only; the VM lives until Stop (or Cleanup of spec.ID).
+func (b *Backend) StartSandbox(ctx context.Context, spec VMSpec) (*SandboxVM, error) {
+	driver, err := b.drivers.get(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
+	}
+	set := images.Load(b.cfg.ImagesDir)
+	if err := set.Usable(); err != nil {
+		return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
+	}
+	rootfs := set.RootFS[spec.Template]
+	if rootfs == nil {
+		return nil, fmt.Errorf("%w: no %s image; run `make rootfs RUNTIME=%s`", backend.ErrUnavailable, spec.Template, spec.Template)
+	}
+	job := backend.Job{WorkloadID: spec.ID, Spec: model.Spec{
+		Runtime: spec.Template, Isolation: model.IsolationMicroVM, Resources: spec.Resources,
+		Network: spec.Network, NetworkRules: spec.NetworkRules,
+	}}
+	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs, true)
+	if err != nil {
+		if v != nil {
+			if terr := v.teardown(context.WithoutCancel(ctx)); terr != nil {
+				b.log.Warn("vm teardown", "vm", v.id, "err", terr)
+			}
+		}
+		return nil, err
+	}
+	return &SandboxVM{v: v, session: v.session}, nil
+}
+
+// bootArgs are the kernel arguments Vulcan adds for the agent. A sandbox's agent must not
+// power off after one process.
+func bootArgs(n *vmm.Network, session bool) []string {
+	args := []string{"vulcan.hostname=vulcan", n.KernelIPArg()}
+	if session {
+		args = append(args, "vulcan.oneshot=0")
+	}
+	return args
+}
+
+// greet reads the agent's hello. For an exec VM the connection becomes a protocol.Conn;
+// for a sandbox VM it becomes a session, so nothing may read frames from it first (a
+// Conn's reader would swallow the session's bytes).
+func (v *vm) greet(ctx context.Context, conn net.Conn, session bool) (*protocol.Hello, error) {
+	if !session {
+		v.agent = protocol.NewConn(conn)
+		return v.agent.ReadHello(ctx)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
+	m, err := protocol.ReadMessage(conn)
+	if !stop() {
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, fmt.Errorf("protocol: waiting for hello: %w", errors.Join(err, ctx.Err()))
+	}
+	conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		return nil, fmt.Errorf("protocol: waiting for hello: %w", err)
+	}
+	if m.Type != protocol.TypeHello {
+		return nil, fmt.Errorf("%w: first guest message is %s, want hello", protocol.ErrUnexpected, m.Type)
+	}
+	if h := m.Hello; h.ProtocolVersion != protocol.Version {
+		return nil, fmt.Errorf("%w: guest agent %q speaks protocol %d, host speaks %d",
+			protocol.ErrVersion, strings.TrimSpace(h.AgentVersion), h.ProtocolVersion, protocol.Version)
+	}
+	s, err := protocol.StartSession(conn, m.Hello)
+	if err != nil {
+		return nil, err
+	}
+	v.session = s
+	v.cleanup.Add("close session", func(context.Context) error { return s.Close() })
+	return m.Hello, nil
+}

@@ -90,7 +90,18 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		for _, ip := range cfg.DNS {
 			ups = append(ups, net.JoinHostPort(ip.String(), "53"))
 		}
-		m.gate = dnsgate.New(dnsgate.Config{Upstreams: ups, Logger: m.log})
+		gc := dnsgate.Config{Upstreams: ups, Logger: m.log}
+		if cfg.HostNetNS != "" {
+			// The upstreams are reached from the host namespace, like the guests' traffic.
+			gc.Dial = func(network, addr string) (c net.Conn, err error) {
+				err = ns.WithNetNSPath(cfg.HostNetNS, func(ns.NetNS) error {
+					c, err = net.DialTimeout(network, addr, 2*time.Second)
+					return err
+				})
+				return c, err
+			}
+		}
+		m.gate = dnsgate.New(gc)
 	}
 	for _, d := range []string{m.files.dir, m.files.ipamDir(), m.files.cacheDir()} {
 		if err := os.MkdirAll(d, 0o750); err != nil {

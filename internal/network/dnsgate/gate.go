@@ -49,6 +49,10 @@ type Config struct {
 	// 1 h): a TTL of 0 would otherwise expire before the guest connects, and a huge one
 	// would keep an address long after the name moved.
 	MinTTL, MaxTTL time.Duration
+	// Dial opens the connection to an upstream ("udp" or "tcp"); the default is net.Dial
+	// with Timeout. The network package dials in its host namespace with it: a socket
+	// belongs to the namespace of the thread that made it.
+	Dial func(network, addr string) (net.Conn, error)
 	// MaxInFlight bounds the queries being forwarded at once (default 256); past it a
 	// query is REFUSED.
 	MaxInFlight int
@@ -84,6 +88,10 @@ func New(cfg Config) *Gate {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Dial == nil {
+		timeout := cfg.Timeout
+		cfg.Dial = func(network, addr string) (net.Conn, error) { return net.DialTimeout(network, addr, timeout) }
 	}
 	return &Gate{
 		cfg:      cfg,
@@ -268,9 +276,9 @@ func (g *Gate) forward(req *dns.Msg) (*dns.Msg, error) {
 	q.RecursionDesired = true
 	var last error
 	for _, u := range g.cfg.Upstreams {
-		r, _, err := g.udp.Exchange(q, u)
+		r, err := g.exchange(g.udp, q, u)
 		if err == nil && r.Truncated {
-			r, _, err = g.tcp.Exchange(q, u)
+			r, err = g.exchange(g.tcp, q, u)
 		}
 		if err == nil {
 			return r, nil
@@ -278,4 +286,16 @@ func (g *Gate) forward(req *dns.Msg) (*dns.Msg, error) {
 		last = fmt.Errorf("%s: %w", u, err)
 	}
 	return nil, last
+}
+
+// exchange sends q to one upstream over a connection of its own.
+func (g *Gate) exchange(c *dns.Client, q *dns.Msg, upstream string) (*dns.Msg, error) {
+	conn, err := g.cfg.Dial(c.Net, upstream)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	co := &dns.Conn{Conn: conn, UDPSize: c.UDPSize}
+	r, _, err := c.ExchangeWithConn(q, co)
+	return r, err
 }

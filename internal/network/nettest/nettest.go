@@ -268,3 +268,92 @@ func dnsAnswer(query []byte, answer net.IP) ([]byte, error) {
 	}
 	return b.Finish()
 }
+
+// AddAddr puts cidr on the link named link inside the namespace at path (a peer serving on
+// several test addresses).
+func AddAddr(t testing.TB, path, link, cidr string) {
+	t.Helper()
+	Do(t, path, func() error {
+		l, err := netlink.LinkByName(link)
+		if err != nil {
+			return err
+		}
+		a, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(l, a)
+	})
+}
+
+// AddRoute routes dst (a CIDR) via the gateway address via, inside the namespace at path.
+func AddRoute(t testing.TB, path, dst, via string) {
+	t.Helper()
+	Do(t, path, func() error {
+		_, d, err := net.ParseCIDR(dst)
+		if err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{Dst: d, Gw: net.ParseIP(via)})
+	})
+}
+
+// ServeDNSNames is a test upstream resolver on addr (UDP, inside the namespace at path):
+// A queries for the names in names (lower case, with the final dot) get their address
+// with a TTL of 60 s, other A queries NXDOMAIN, anything else an empty answer.
+func ServeDNSNames(t testing.TB, path, addr string, names map[string]net.IP) {
+	t.Helper()
+	var pc net.PacketConn
+	Do(t, path, func() (err error) {
+		pc, err = net.ListenPacket("udp4", addr)
+		return err
+	})
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if resp, err := dnsAnswerNames(buf[:n], names); err == nil {
+				_, _ = pc.WriteTo(resp, from)
+			}
+		}
+	}()
+}
+
+func dnsAnswerNames(query []byte, names map[string]net.IP) ([]byte, error) {
+	var p dnsmessage.Parser
+	h, err := p.Start(query)
+	if err != nil {
+		return nil, err
+	}
+	q, err := p.Question()
+	if err != nil {
+		return nil, err
+	}
+	ip, known := names[strings.ToLower(q.Name.String())]
+	rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired}
+	if q.Type == dnsmessage.TypeA && !known {
+		rh.RCode = dnsmessage.RCodeNameError
+	}
+	b := dnsmessage.NewBuilder(nil, rh)
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(q); err != nil {
+		return nil, err
+	}
+	if err := b.StartAnswers(); err != nil {
+		return nil, err
+	}
+	if q.Type == dnsmessage.TypeA && known {
+		var a [4]byte
+		copy(a[:], ip.To4())
+		if err := b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: a}); err != nil {
+			return nil, err
+		}
+	}
+	return b.Finish()
+}

@@ -50,7 +50,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.PersistentFlags().String("server", "", "URL of the Vulcan API ($VULCAN_SERVER, default http://127.0.0.1:8080)")
 	root.PersistentFlags().String("token", "", "API bearer token ($VULCAN_API_TOKEN)")
 	root.AddCommand(serveCommand(), runCommand(), statusCommand(), logsCommand(), lsCommand(), killCommand(),
-		backendsCommand(), versionCommand(), doctorCommand(), downloadCommand(), benchCommand())
+		backendsCommand(), versionCommand(), doctorCommand(), downloadCommand(), benchCommand(),
+		sandboxCommand(), execCommand(), cpCommand())
 	return root.ExecuteContext(ctx)
 }
 

@@ -69,7 +69,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg := backend.NewRegistry()
-	cleanup, err := registerBackends(ctx, cfg, reg, metrics, log)
+	vms, cleanup, err := registerBackends(ctx, cfg, reg, metrics, log)
 	if err != nil {
 		return fmt.Errorf("backends: %w", err)
 	}
@@ -85,7 +85,12 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	if err != nil {
 		return err
 	}
-	handler, err := api.New(api.Options{Engine: eng, Registry: reg, Token: cfg.APIToken, Logger: log, Metrics: metrics, Gatherer: metrics,
+	sbx, err := newSandboxes(ctx, cfg, st, vms, metrics, log)
+	if err != nil {
+		eng.Shutdown(ctx)
+		return err
+	}
+	handler, err := api.New(api.Options{Engine: eng, Registry: reg, Sandboxes: sbx, Token: cfg.APIToken, Logger: log, Metrics: metrics, Gatherer: metrics,
 		AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...), AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout,
 		Dashboard: dashboard.New()})
 	if err != nil {
@@ -113,6 +118,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	select {
 	case err := <-served:
 		eng.Shutdown(context.Background())
+		sbx.Shutdown(context.Background())
 		return err
 	case <-ctx.Done():
 	}
@@ -120,10 +126,12 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	// The engine first: sync requests waiting on workloads get their answers, SSE
-	// streams get their done events, and new submissions get 503 meanwhile.
+	// streams get their done events, and new submissions get 503 meanwhile. Sandboxes do
+	// not outlive their server: they are killed.
 	if err := eng.Shutdown(sctx); err != nil {
 		log.Warn("running workloads were cancelled at the shutdown deadline", "err", err)
 	}
+	sbx.Shutdown(sctx)
 	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer hcancel()
 	if err := srv.Shutdown(hctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {

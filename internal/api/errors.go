@@ -11,6 +11,8 @@ import (
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/protocol"
+	"github.com/vulcanhq/vulcan/internal/sandbox"
 )
 
 // The API's own failures, mapped like the engine's below.
@@ -30,6 +32,28 @@ var (
 // sentinel have their text shown; anything else is logged and reported as internal.
 func classify(err error) (status int, code string, public bool) {
 	var tooBig *http.MaxBytesError
+	var opErr *protocol.OpError
+	if errors.As(err, &opErr) {
+		return opStatus(opErr.Code)
+	}
+	switch {
+	case errors.Is(err, sandbox.ErrInvalid):
+		return http.StatusBadRequest, "invalid_request", true
+	case errors.Is(err, sandbox.ErrNotFound):
+		return http.StatusNotFound, "not_found", true
+	case errors.Is(err, sandbox.ErrBusy):
+		return http.StatusTooManyRequests, "busy", true
+	case errors.Is(err, sandbox.ErrEnded):
+		return http.StatusConflict, "sandbox_ended", true
+	case errors.Is(err, sandbox.ErrNotRunning):
+		return http.StatusConflict, "sandbox_not_running", true
+	case errors.Is(err, sandbox.ErrShuttingDown):
+		return http.StatusServiceUnavailable, "shutting_down", true
+	case errors.Is(err, sandbox.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, "too_large", true
+	case errors.Is(err, errNoSandboxes):
+		return http.StatusServiceUnavailable, "sandboxes_unavailable", true
+	}
 	switch {
 	case errors.As(err, &tooBig):
 		return http.StatusRequestEntityTooLarge, "body_too_large", true
@@ -67,6 +91,25 @@ func classify(err error) (status int, code string, public bool) {
 		return se.code, "http_" + strconv.Itoa(se.code), true
 	}
 	return http.StatusInternalServerError, "internal", false
+}
+
+// opStatus maps the guest agent's error codes (its messages are meant for users).
+func opStatus(code string) (int, string, bool) {
+	switch code {
+	case protocol.ErrCodeNotFound, protocol.ErrCodeNoProcess:
+		return http.StatusNotFound, code, true
+	case protocol.ErrCodePermission:
+		return http.StatusForbidden, code, true
+	case protocol.ErrCodeExists:
+		return http.StatusConflict, code, true
+	case protocol.ErrCodeInvalid, protocol.ErrCodeNotDir, protocol.ErrCodeIsDir:
+		return http.StatusBadRequest, code, true
+	case protocol.ErrCodeTooLarge:
+		return http.StatusRequestEntityTooLarge, code, true
+	case protocol.ErrCodeUnsupported:
+		return http.StatusNotImplemented, code, true
+	}
+	return http.StatusBadGateway, "agent_error", true
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {

@@ -123,7 +123,8 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			return
 		}
 		if r.ContentLength != 0 { // a body, of known length or chunked
-			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			// application/octet-stream (file uploads) needs a CORS preflight too, like JSON.
+			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" && !(mt == "application/octet-stream" && rawBody(r)) {
 				s.writeError(w, r, fmt.Errorf("%w: request bodies must be JSON, sent with Content-Type: application/json (got %q)",
 					errMediaType, clip(r.Header.Get("Content-Type"), 100)))
 				return
@@ -136,6 +137,11 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// rawBody reports whether the route takes raw bytes (a sandbox file upload).
+func rawBody(r *http.Request) bool {
+	return r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/sandboxes/") && strings.HasSuffix(r.URL.Path, "/files")
 }
 
 // headerBytes is about what the request line and headers took on the wire.

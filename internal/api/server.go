@@ -27,6 +27,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/version"
 )
 
@@ -37,6 +38,8 @@ const MaxBodyBytes = 16 << 20
 type Options struct {
 	Engine   *engine.Engine
 	Registry *backend.Registry
+	// Sandboxes serves /v1/sandboxes; nil: those routes answer 503.
+	Sandboxes *sandbox.Service
 	// Token, when set, is required as "Authorization: Bearer <token>" on every route but
 	// /healthz and /readyz.
 	Token    string
@@ -126,6 +129,7 @@ func New(o Options) (*Server, error) {
 			r.Delete("/workloads/{id}", s.kill)
 			r.Get("/workloads/{id}/logs", s.logsStream)
 			r.Get("/workloads/{id}/logs/history", s.logsHistory)
+			s.sandboxRoutes(r)
 		})
 	})
 	if o.Dashboard != nil {

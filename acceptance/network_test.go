@@ -37,12 +37,12 @@ func TestAC3Networking(t *testing.T) {
 	testenv.RequiresRoot(t)
 	testenv.RequiresBinary(t, "nsenter")
 	host := nettest.HostNS(t)
-	s := startServerIn(t, host, "", "VULCAN_CNI_BIN_DIR="+nettest.PluginDir(t))
-
 	const token = "hello-from-the-host"
 	ln := nettest.Listen(t, host, "0.0.0.0:0")
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, token) }))
 	port := ln.Addr().(*net.TCPAddr).Port
+	// Guests reach only the gateway ports the server lists: this page is one.
+	s := startServerIn(t, host, "", "VULCAN_CNI_BIN_DIR="+nettest.PluginDir(t), fmt.Sprintf("VULCAN_NETWORK_SERVICES=tcp/%d", port))
 	code := strings.Replace(guestFetch, "PORT", fmt.Sprint(port), 1)
 
 	out, exit := s.vulcan("run", "--runtime", "python", "--network", "host", "--code", code)

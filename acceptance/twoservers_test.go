@@ -63,16 +63,8 @@ func TestTwoServersOneHost(t *testing.T) {
 	testenv.RequiresBinary(t, "nft")
 	host := nettest.HostNS(t)
 	plugins := nettest.PluginDir(t)
-	envA := []string{"VULCAN_CNI_BIN_DIR=" + plugins, "VULCAN_NETWORK_SUBNET=10.213.91.0/24"}
-	envB := []string{"VULCAN_CNI_BIN_DIR=" + plugins, "VULCAN_NETWORK_SUBNET=10.213.92.0/24"}
-	a := startServerIn(t, host, "", envA...)
-	b := startServerIn(t, host, "", envB...)
-	idA, idB := instanceID(t, a), instanceID(t, b)
-	if idA == idB {
-		t.Fatalf("both servers are instance %s", idA)
-	}
-	namesA, namesB := network.NamesFor(idA), network.NamesFor(idB)
-
+	// The test's page, on every address of the host namespace; each server lists its port
+	// as a gateway service (guests reach no other host port).
 	var released atomic.Bool
 	ln := nettest.Listen(t, host, "0.0.0.0:0")
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -83,6 +75,15 @@ func TestTwoServersOneHost(t *testing.T) {
 		}
 	}))
 	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+	envA := []string{"VULCAN_CNI_BIN_DIR=" + plugins, "VULCAN_NETWORK_SUBNET=10.213.91.0/24", "VULCAN_NETWORK_SERVICES=tcp/" + port}
+	envB := []string{"VULCAN_CNI_BIN_DIR=" + plugins, "VULCAN_NETWORK_SUBNET=10.213.92.0/24", "VULCAN_NETWORK_SERVICES=tcp/" + port}
+	a := startServerIn(t, host, "", envA...)
+	b := startServerIn(t, host, "", envB...)
+	idA, idB := instanceID(t, a), instanceID(t, b)
+	if idA == idB {
+		t.Fatalf("both servers are instance %s", idA)
+	}
+	namesA, namesB := network.NamesFor(idA), network.NamesFor(idB)
 	code := func(other string) string {
 		return strings.NewReplacer("PORT", port, "OTHER", other).Replace(guestHold)
 	}
@@ -112,7 +113,9 @@ func TestTwoServersOneHost(t *testing.T) {
 			t.Fatalf("VM namespace: %v", err)
 		}
 	}
-	if !strings.Contains(bBefore, "inet 2 rule") || !strings.Contains(bBefore, "bridge 2 rule") || !strings.Contains(bBefore, "ports [veth") ||
+	// bridge: source check, no IPv6, no port-to-port; inet: the jump, the masquerade and
+	// the VM's egress chain.
+	if !strings.Contains(bBefore, "inet ") || strings.Contains(bBefore, "inet 0 rule") || !strings.Contains(bBefore, "bridge 3 rule") || !strings.Contains(bBefore, "ports [veth") ||
 		!strings.Contains(bBefore, "netns true") {
 		t.Fatalf("b's VM has no rules or port: %s", bBefore)
 	}

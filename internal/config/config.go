@@ -29,13 +29,13 @@ type Config struct {
 	QueueSize       int           // VULCAN_QUEUE_SIZE
 	OutputLimit     int           // VULCAN_OUTPUT_LIMIT: bytes of stdout+stderr kept per workload
 	OutputLineLimit int           // VULCAN_OUTPUT_LINE_LIMIT: lines of stdout+stderr kept per workload
-	MaxSandboxes    int           // VULCAN_MAX_SANDBOXES: sandboxes alive at once
 	VMM             string        // VULCAN_VMM: auto | firecracker | qemu
 	FirecrackerBin  string        // VULCAN_FIRECRACKER_BIN
 	QEMUBin         string        // VULCAN_QEMU_BIN
 	QEMUAccel       string        // VULCAN_QEMU_ACCEL: auto | kvm | tcg
 	NetworkSubnet   string        // VULCAN_NETWORK_SUBNET: private IPv4 range for guests (one /24 of 10.213.0.0/16 per host)
 	NetworkDNS      string        // VULCAN_NETWORK_DNS: name servers for egress guests, "host" (from /etc/resolv.conf) or "none"
+	NetworkServices string        // VULCAN_NETWORK_SERVICES: ports of the gateway guests may reach besides Vulcan's DNS ("tcp/8080,udp/5000")
 	ScratchMB       int           // VULCAN_SCRATCH_MB: each VM's sparse scratch disk for its writes; 0 = in guest memory
 	CNIBinDir       string        // VULCAN_CNI_BIN_DIR: CNI plugins (default: cni/ next to the vulcan binary)
 	LogLevel        slog.Level    // VULCAN_LOG_LEVEL: debug | info | warn | error
@@ -105,7 +105,6 @@ var settings = []setting{
 	entry("VULCAN_QUEUE_SIZE", "queue-size", "admitted workloads waiting for a slot before submissions get 429", num(func(c *Config) *int { return &c.QueueSize }, 0)),
 	entry("VULCAN_OUTPUT_LIMIT", "output-limit", "bytes of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLimit }, 1024)),
 	entry("VULCAN_OUTPUT_LINE_LIMIT", "output-line-limit", "lines of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLineLimit }, 1)),
-	entry("VULCAN_MAX_SANDBOXES", "max-sandboxes", "sandboxes alive at once (memory and vCPU budgets also bound them)", num(func(c *Config) *int { return &c.MaxSandboxes }, 1)),
 	entry("VULCAN_VMM", "vmm", "virtual machine monitor: auto, firecracker or qemu", field{func(c *Config, v string) error {
 		switch v {
 		case "auto", "firecracker", "qemu":
@@ -143,6 +142,16 @@ var settings = []setting{
 		c.NetworkDNS = v
 		return nil
 	}, func(c *Config) string { return c.NetworkDNS }}),
+	entry("VULCAN_NETWORK_SERVICES", "network-services", "ports on the gateway address that guests may reach besides Vulcan's DNS gate, as tcp/PORT or udp/PORT separated by commas (services you run for guests); every other host port is closed to them", field{func(c *Config, v string) error {
+		for _, s := range strings.Split(v, ",") {
+			proto, port, _ := strings.Cut(strings.TrimSpace(s), "/")
+			if n, err := strconv.Atoi(port); v != "" && ((proto != "tcp" && proto != "udp") || err != nil || n < 1 || n > 65535) {
+				return fmt.Errorf("must be tcp/PORT or udp/PORT separated by commas, got %q", v)
+			}
+		}
+		c.NetworkServices = v
+		return nil
+	}, func(c *Config) string { return c.NetworkServices }}),
 	entry("VULCAN_SCRATCH_MB", "scratch-mb", "size of each VM's scratch disk, where the guest's writes go (a sparse file: it costs what is written); 0 keeps them in the VM's memory", num(func(c *Config) *int { return &c.ScratchMB }, 0)),
 	entry("VULCAN_CNI_BIN_DIR", "cni-bin-dir", "directory of the CNI plugins bridge, host-local and vulcan-cni-tap (default: cni/ next to the vulcan binary)", str(func(c *Config) *string { return &c.CNIBinDir })),
 	entry("VULCAN_LOG_LEVEL", "log-level", "debug, info, warn or error", field{func(c *Config, v string) error {
@@ -204,7 +213,6 @@ func Default() *Config {
 		QueueSize:       64,
 		OutputLimit:     1 << 20,
 		OutputLineLimit: 100_000,
-		MaxSandboxes:    32,
 		VMM:             "auto",
 		QEMUAccel:       "auto",
 		NetworkSubnet:   "10.213.0.0/24",

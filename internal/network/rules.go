@@ -3,6 +3,7 @@ package network
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 
 	"github.com/vulcanhq/vulcan/internal/model"
@@ -241,4 +242,22 @@ func vmRules(s vmSpec) []rule {
 	}
 	// Whatever the chain leaves falls back to the forward chain's drop.
 	return rs
+}
+
+// ParseServices reads "tcp/8080,udp/5000" (VULCAN_NETWORK_SERVICES); "" is none.
+func ParseServices(s string) ([]Service, error) {
+	var out []Service
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		proto, port, _ := strings.Cut(f, "/")
+		n, err := strconv.ParseUint(port, 10, 16)
+		if (proto != "tcp" && proto != "udp") || err != nil || n == 0 {
+			return nil, fmt.Errorf("service %q: want tcp/PORT or udp/PORT", f)
+		}
+		out = append(out, Service{Proto: proto, Port: uint16(n)})
+	}
+	return out, nil
 }

@@ -21,7 +21,8 @@ import (
 // registerBackends is the one place backends are wired into the server. It registers each
 // backend this build can offer (or records with reg.Missing why it cannot) and returns a
 // cleanup that serve runs after the engine has shut down. It must never register a fake.
-func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Registry, metrics prometheus.Registerer, log *slog.Logger) (cleanup func(), err error) {
+// It also returns the microVM backend (nil when it cannot run), which boots sandboxes.
+func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Registry, metrics prometheus.Registerer, log *slog.Logger) (vms *microvm.Backend, cleanup func(), err error) {
 	mcfg := microvm.Config{
 		ImagesDir: cfg.ImagesDir,
 		StateDir:  vmStateDir(cfg),
@@ -33,14 +34,14 @@ func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Regi
 	// bridge, nft tables), so its startup reclaim never takes another server's.
 	inst, created, err := instance.Load(cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	log.Info("server instance", "id", inst, "new", created)
 	mcfg.Instance = inst // names the VMs' cgroup parent and picks their uid slice
 	// Without networking VMs still run; workloads asking for a network get the reason.
 	services, err := network.ParseServices(cfg.NetworkServices)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	nm, nerr := network.New(ctx, network.Config{
 		StateDir: filepath.Join(cfg.DataDir, "cni"),
@@ -68,10 +69,10 @@ func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Regi
 	if err != nil {
 		// The server still serves (history, logs, the reason) without a VM backend.
 		reg.Missing("microvm", err.Error())
-		return cleanup, nil
+		return nil, cleanup, nil
 	}
 	reg.Register(b)
-	return cleanup, nil
+	return b, cleanup, nil
 }
 
 // cniBinDir is where the CNI plugins are: VULCAN_CNI_BIN_DIR, else cni/ next to the

@@ -29,6 +29,7 @@ type Config struct {
 	QueueSize       int           // VULCAN_QUEUE_SIZE
 	OutputLimit     int           // VULCAN_OUTPUT_LIMIT: bytes of stdout+stderr kept per workload
 	OutputLineLimit int           // VULCAN_OUTPUT_LINE_LIMIT: lines of stdout+stderr kept per workload
+	MaxSandboxes    int           // VULCAN_MAX_SANDBOXES: sandboxes alive at once
 	VMM             string        // VULCAN_VMM: auto | firecracker | qemu
 	FirecrackerBin  string        // VULCAN_FIRECRACKER_BIN
 	QEMUBin         string        // VULCAN_QEMU_BIN
@@ -105,6 +106,7 @@ var settings = []setting{
 	entry("VULCAN_QUEUE_SIZE", "queue-size", "admitted workloads waiting for a slot before submissions get 429", num(func(c *Config) *int { return &c.QueueSize }, 0)),
 	entry("VULCAN_OUTPUT_LIMIT", "output-limit", "bytes of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLimit }, 1024)),
 	entry("VULCAN_OUTPUT_LINE_LIMIT", "output-line-limit", "lines of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLineLimit }, 1)),
+	entry("VULCAN_MAX_SANDBOXES", "max-sandboxes", "sandboxes alive at once (memory and vCPU budgets also bound them)", num(func(c *Config) *int { return &c.MaxSandboxes }, 1)),
 	entry("VULCAN_VMM", "vmm", "virtual machine monitor: auto, firecracker or qemu", field{func(c *Config, v string) error {
 		switch v {
 		case "auto", "firecracker", "qemu":
@@ -213,6 +215,7 @@ func Default() *Config {
 		QueueSize:       64,
 		OutputLimit:     1 << 20,
 		OutputLineLimit: 100_000,
+		MaxSandboxes:    32,
 		VMM:             "auto",
 		QEMUAccel:       "auto",
 		NetworkSubnet:   "10.213.0.0/24",

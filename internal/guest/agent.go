@@ -39,7 +39,10 @@ type Config struct {
 	OutputLimit int64
 	// MaxLine is the longest output line sent as one message (64 KiB).
 	MaxLine int
-	Logger  *slog.Logger
+	// UserHome is the home of the session user "user" (default /home/user when it
+	// exists, else the workload user's home from /etc/passwd, else WorkRoot).
+	UserHome string
+	Logger   *slog.Logger
 	// Reap makes the agent reap every child, orphans included, and own
 	// every wait: set it when the agent is PID 1.
 	Reap bool
@@ -80,13 +83,15 @@ type Agent struct {
 
 	homeOnce sync.Once
 	home     string
+
+	sess *sessions // sandbox sessions' processes and state (session.go)
 }
 
 // New returns an agent. Call it once per process: as PID 1 it installs
 // the SIGCHLD reaper.
 func New(cfg Config) *Agent {
 	cfg.setDefaults()
-	a := &Agent{cfg: cfg, log: cfg.Logger, spawn: directSpawner{}}
+	a := &Agent{cfg: cfg, log: cfg.Logger, spawn: directSpawner{}, sess: newSessions()}
 	if cfg.Reap {
 		a.spawn = startReaper()
 	}
@@ -137,6 +142,7 @@ type readResult struct {
 
 // session serves one stream and reports whether the VM should power off.
 func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
+	agentCtx := ctx // processes started in a sandbox session outlive the connection
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wmu sync.Mutex
@@ -150,14 +156,18 @@ func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
 		ProtocolVersion: protocol.Version,
 		Runtimes:        a.Runtimes(ctx),
 		UptimeSeconds:   uptime(),
+		Session:         true,
 	}}); err != nil {
 		a.log.Warn("send hello", "err", err)
 		return false
 	}
 
+	// br belongs to the reader goroutine until it has handed over a TypeSession
+	// message: it reads nothing after that, so the yamux bytes that follow (some may
+	// already sit in br's buffer) go to the session, which reads through br.
+	br := bufio.NewReaderSize(rw, 64<<10)
 	msgs := make(chan readResult)
 	go func() {
-		br := bufio.NewReaderSize(rw, 64<<10)
 		for {
 			m, err := protocol.ReadMessage(br)
 			select {
@@ -165,7 +175,7 @@ func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
 			case <-ctx.Done():
 				return
 			}
-			if err != nil {
+			if err != nil || m.Type == protocol.TypeSession {
 				return
 			}
 		}
@@ -222,6 +232,12 @@ func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
 			case protocol.TypeShutdown:
 				stop(errCancelled)
 				return true
+			case protocol.TypeSession:
+				// From here on the connection carries yamux; an exec still writing
+				// frames on it would corrupt the session.
+				stop(errCancelled)
+				a.serveSession(agentCtx, ctx, sessionConn{Reader: br, Writer: rw, rw: rw})
+				return a.cfg.Oneshot && execReceived
 			default:
 				a.log.Warn("unexpected message from host", "type", r.m.Type)
 			}

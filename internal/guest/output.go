@@ -84,6 +84,20 @@ func runeCut(b []byte, n int) int {
 	return n
 }
 
+// incompleteRune is how many bytes at the end of b begin a UTF-8 sequence whose rest
+// has not arrived yet.
+func incompleteRune(b []byte) int {
+	for i := len(b) - 1; i >= 0 && len(b)-i < utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if utf8.FullRune(b[i:]) {
+				return 0
+			}
+			return len(b) - i
+		}
+	}
+	return 0
+}
+
 // Draining after the program has exited. Its process group is killed then,
 // so EOF comes at once unless a process that left the group (setsid, a
 // daemon) still holds the pipe. The pipe is read for as long as it has
@@ -141,6 +155,10 @@ func pump(r *os.File, stream string, maxLine int, e *emitter, exit *exitSignal) 
 			}
 			if len(buf) >= maxLine {
 				cut := runeCut(buf, maxLine)
+				if cut == len(buf) {
+					// runeCut cannot see past buf: a rune split by the read ends it.
+					cut -= incompleteRune(buf)
+				}
 				if cut == 0 {
 					cut = maxLine
 				}

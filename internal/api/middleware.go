@@ -92,13 +92,33 @@ func (s *Server) auth(next http.Handler) http.Handler {
 	}
 	want := []byte("Bearer " + s.o.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 && !wsTokenOK(r, s.o.Token) {
 			s.writeError(w, r, errUnauthorized)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
+
+// wsTokenOK accepts the token a browser's WebSocket sends as a subprotocol
+// ("vulcan.token.<token>"): a browser cannot set headers on a WebSocket, and a query
+// parameter would land in logs.
+func wsTokenOK(r *http.Request, token string) bool {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		return false
+	}
+	want := []byte(wsTokenPrefix + token)
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if subtle.ConstantTimeCompare([]byte(strings.TrimSpace(p)), want) == 1 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+const wsTokenPrefix = "vulcan.token."
 
 // guard is the front door, before routing and authentication. A page in a browser can
 // reach a loopback server without a token: it may send a cross-site "simple" request

@@ -106,6 +106,7 @@ func (s *Server) sandboxRoutes(r chi.Router) {
 	r.Post("/sandboxes/{id}/processes/{pid}/stdin", s.processStdin)
 	r.Post("/sandboxes/{id}/processes/{pid}/signal", s.processSignal)
 	r.Post("/sandboxes/{id}/processes/{pid}/resize", s.processResize)
+	r.Get("/sandboxes/{id}/pty", s.ptyConnect)
 	r.Get("/sandboxes/{id}/files", s.fileRead)
 	r.Put("/sandboxes/{id}/files", s.fileWrite)
 	r.Get("/sandboxes/{id}/fs", s.fsList)

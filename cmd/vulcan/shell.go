@@ -25,7 +25,7 @@ func shellCommand() *cobra.Command {
 			cols, rows := 80, 24
 			isTerm := term.IsTerminal(in)
 			if isTerm {
-				if w, h, err := term.GetSize(in); err == nil {
+				if w, h, err := term.GetSize(in); err == nil && w > 0 && h > 0 {
 					cols, rows = w, h
 				}
 			}
@@ -48,7 +48,7 @@ func shellCommand() *cobra.Command {
 				defer signal.Stop(winch)
 				go func() {
 					for range winch {
-						if w, h, err := term.GetSize(in); err == nil {
+						if w, h, err := term.GetSize(in); err == nil && w > 0 && h > 0 {
 							t.Resize(ctx, w, h)
 						}
 					}

@@ -24,7 +24,7 @@ type Sandbox struct {
 	ID           string              `json:"id"`
 	State        model.SandboxState  `json:"state"`
 	Template     model.Runtime       `json:"template"`
-	Resources    model.Resources     `json:"resources"`
+	Resources    SandboxResources    `json:"resources"`
 	Network      model.NetworkPolicy `json:"network"`
 	NetworkRules *model.NetworkRules `json:"network_rules,omitempty"`
 	Metadata     map[string]string   `json:"metadata"`
@@ -37,6 +37,12 @@ type Sandbox struct {
 	VM           map[string]string   `json:"vm"`
 }
 
+// SandboxResources are a sandbox's vCPUs and memory (its lifetime is timeout_s).
+type SandboxResources struct {
+	CPUs  int `json:"cpus"`
+	MemMB int `json:"mem_mb"`
+}
+
 // NewSandbox converts a model sandbox to its wire form.
 func NewSandbox(sb *model.Sandbox) Sandbox {
 	meta := sb.Spec.Metadata
@@ -47,8 +53,7 @@ func NewSandbox(sb *model.Sandbox) Sandbox {
 	if vm == nil {
 		vm = map[string]string{}
 	}
-	res := sb.Spec.Resources
-	res.TimeoutS = 0
+	res := SandboxResources{CPUs: sb.Spec.Resources.CPUs, MemMB: sb.Spec.Resources.MemMB}
 	return Sandbox{ID: sb.ID, State: sb.State, Template: sb.Spec.Template, Resources: res, Network: sb.Spec.Network,
 		NetworkRules: sb.Spec.NetworkRules, Metadata: meta, TimeoutS: sb.Spec.TimeoutS, Error: sb.Error,
 		CreatedAt: sb.CreatedAt, StartedAt: sb.StartedAt, EndedAt: sb.EndedAt, ExpiresAt: sb.ExpiresAt, VM: vm}

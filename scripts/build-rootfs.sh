@@ -69,10 +69,10 @@ if [ ! -f "$base/.complete" ]; then
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/lintian/*' \
-    --customize-hook='echo "vulcan:x:1000:1000:vulcan:/home/vulcan:/bin/sh" >> "$1/etc/passwd"' \
-    --customize-hook='echo "vulcan:x:1000:" >> "$1/etc/group"' \
-    --customize-hook='echo "vulcan:!:19000:0:99999:7:::" >> "$1/etc/shadow"' \
-    --customize-hook='mkdir -p "$1/home/vulcan" "$1/workspace" "$1/etc/vulcan" && chown 1000:1000 "$1/home/vulcan" "$1/workspace"' \
+    --customize-hook='echo "user:x:1000:1000:user:/home/user:/bin/bash" >> "$1/etc/passwd"' \
+    --customize-hook='echo "user:x:1000:" >> "$1/etc/group"' \
+    --customize-hook='echo "user:!:19000:0:99999:7:::" >> "$1/etc/shadow"' \
+    --customize-hook='mkdir -p "$1/home/user" "$1/etc/vulcan" && chown 1000:1000 "$1/home/user" && chmod 0750 "$1/home/user"' \
     --customize-hook='echo vulcan > "$1/etc/hostname"; printf "127.0.0.1 localhost vulcan\n::1 localhost\n" > "$1/etc/hosts"; : > "$1/etc/resolv.conf"' \
     "${gohooks[@]}" \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/var/log/* "$1"/usr/share/doc/*/changelog*' \

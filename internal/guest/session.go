@@ -264,9 +264,10 @@ func resolvePath(home, p string) (string, *protocol.OpError) {
 		return "", opErr(protocol.ErrCodeInvalid, "path contains a NUL byte")
 	}
 	if p == "~" {
-		p = ""
-	} else if rest, ok := strings.CutPrefix(p, "~/"); ok {
-		p = rest
+		return filepath.Clean(home), nil
+	}
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		return filepath.Join(home, rest), nil // "~//x" is still under home
 	}
 	if !filepath.IsAbs(p) {
 		p = filepath.Join(home, p)

@@ -13,6 +13,32 @@
 // and starts a new session (a new hello, written once the host reconnects)
 // whenever the host side disconnects.
 //
+// # Sandbox sessions
+//
+// Hello announces Session. When the host answers with TypeSession instead of an
+// exec, the connection becomes a yamux session (protocol/session.go, mux.go) and
+// every stream one operation (session.go). It ends when the host goes away; the VM
+// keeps running and the next connection can start another. Processes belong to the
+// agent, not to the session: a new session lists and attaches to the last one's.
+//
+// Processes (process.go): argv, or a shell line with `/bin/bash -l -c` (`/bin/sh -c`
+// without bash); env on top of PATH, HOME, USER, LOGNAME, LANG (and TERM on a PTY);
+// cwd absolute or relative to the home; "user" (--uid/--gid, no supplementary
+// groups, home Config.UserHome, /home/user, the uid's passwd home or --work-root) or
+// "root"; their own process group (a PTY process its own session), which signals,
+// the timeout and the end of the process kill as a whole. Output goes through the
+// exec pumps (same lines, caps and no-loss drain) to every stream watching: the one
+// that started it and up to 15 attached later, each from its attach on; Seq is per
+// process. A stream that goes away is dropped and the process runs on. A PTY's
+// output is stream "pty": each read as it arrives, split at newlines, the bytes
+// after the last one Partial. process.stdin with CloseStdin on a PTY sends ^D.
+//
+// Files (files.go): paths absolute or relative to the requesting user's home. As
+// "user" every system call runs on a throw-away OS thread with that user's
+// fsuid/fsgid and no supplementary groups (fsuser_linux.go), so the kernel grants
+// exactly what uid 1000 has, symlinks included; as root everything is allowed. A
+// write goes to a temporary file beside the target, renamed over it.
+//
 // # Flags (cmd/vulcan-guest)
 //
 //	--listen vsock:PORT | serial:NAME | serial:/dev/PATH | unix:PATH

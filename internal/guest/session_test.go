@@ -341,6 +341,19 @@ func TestSessionAttachList(t *testing.T) {
 	e.wantCode(t, &protocol.Request{Op: protocol.OpProcessAttach, Tag: "echoer"}, protocol.ErrCodeNoProcess)
 	e.wantCode(t, &protocol.Request{Op: protocol.OpProcessSignal, PID: pid, Signal: "TERM"}, protocol.ErrCodeNoProcess)
 
+	t.Run("watchers_capped", func(t *testing.T) {
+		st, pid := e.start(t, &protocol.ProcessSpec{Shell: "sleep 30"})
+		for range maxWatchers - 1 {
+			a, _, err := e.s.Open(tctx(t), &protocol.Request{Op: protocol.OpProcessAttach, PID: pid})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+		}
+		e.wantCode(t, &protocol.Request{Op: protocol.OpProcessAttach, PID: pid}, protocol.ErrCodeTooLarge)
+		e.do(t, &protocol.Request{Op: protocol.OpProcessSignal, PID: pid, Signal: "KILL"})
+		collect(t, st, 10*time.Second)
+	})
 	t.Run("tag_unique", func(t *testing.T) {
 		st, _ := e.start(t, &protocol.ProcessSpec{Shell: "sleep 30", Tag: "dup"})
 		e.wantCode(t, &protocol.Request{Op: protocol.OpProcessStart, Process: &protocol.ProcessSpec{Shell: "true", Tag: "dup"}}, protocol.ErrCodeExists)
@@ -380,13 +393,17 @@ func TestSessionReconnect(t *testing.T) {
 func TestSessionNoLoss(t *testing.T) {
 	e := newSession(t)
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	cases := 12
+	cases := 24
 	if testing.Short() {
 		cases = 4
 	}
 	total := 0
 	for i := range cases {
-		out, errOut := randomText(r, r.IntN(1<<r.IntN(22))), randomText(r, r.IntN(1<<r.IntN(18)))
+		// Log-uniform sizes up to 4 MiB of stdout and 256 KiB of stderr, the first case empty.
+		out, errOut := randomText(r, r.IntN(1<<(10+r.IntN(13)))), randomText(r, r.IntN(1<<(4+r.IntN(15))))
+		if i == 0 {
+			out, errOut = "", ""
+		}
 		writeFile(t, e, "out.txt", []byte(out))
 		writeFile(t, e, "err.txt", []byte(errOut))
 		o := run1(t, e, &protocol.ProcessSpec{Shell: "cat out.txt; cat err.txt >&2", OutputLimit: 64 << 20})

@@ -291,7 +291,7 @@ func (a *Agent) spawnWorkload(ctx context.Context, argv []string, dir string, en
 	// pipes are drained (see pump) — to EOF, unless something outside the
 	// group still holds them.
 	syscall.Kill(-pid, syscall.SIGKILL)
-	exitSig.fire()
+	exitSig.fire(outR, errR)
 	deadline := time.Now().Add(drainIdle)
 	outR.SetReadDeadline(deadline)
 	errR.SetReadDeadline(deadline)

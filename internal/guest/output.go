@@ -100,26 +100,37 @@ func incompleteRune(b []byte) int {
 
 // Draining after the program has exited. Its process group is killed then,
 // so EOF comes at once unless a process that left the group (setsid, a
-// daemon) still holds the pipe. The pipe is read for as long as it has
-// bytes in it; once a read has waited drainIdle on an empty pipe without
-// EOF, or after drainMax in all, the rest is given up and the exec reports
-// OutputCut.
+// daemon) still holds the pipe. What the pipe held when the program exited
+// was written by the program: it is read in full, however slowly the host
+// takes it. Past that, reading goes on while a read finds bytes (or has
+// not yet waited drainIdle on an empty pipe), for at most drainMax; then
+// the rest is given up and the exec reports OutputCut.
 const (
 	drainIdle = 500 * time.Millisecond
 	drainMax  = 5 * time.Second
 )
 
-// exitSignal tells the pumps when the program exited: at is set before
-// done is closed.
+// exitSignal tells the pumps when the program exited and how many bytes
+// each of its pipes held then: pending and at are set before done is
+// closed.
 type exitSignal struct {
-	done chan struct{}
-	at   time.Time
+	done    chan struct{}
+	at      time.Time
+	pending map[*os.File]int
 }
 
 func newExitSignal() *exitSignal { return &exitSignal{done: make(chan struct{})} }
 
-func (x *exitSignal) fire() {
+// fire records the exit and what each of files (the read ends) holds; call
+// it after the program's group is dead, so nothing of it writes any more.
+func (x *exitSignal) fire(files ...*os.File) {
 	x.at = time.Now()
+	x.pending = map[*os.File]int{}
+	for _, f := range files {
+		if f != nil {
+			x.pending[f] = pipeBuffered(f)
+		}
+	}
 	close(x.done)
 }
 
@@ -133,6 +144,46 @@ func (x *exitSignal) exitedAt() time.Time {
 	}
 }
 
+// drain applies the rules above to one pipe.
+type drain struct {
+	r     *os.File
+	exit  *exitSignal
+	owed  int       // bytes the pipe held at exit, not yet read; -1 until the exit is seen
+	clear time.Time // when they had all been read
+}
+
+func newDrain(r *os.File, exit *exitSignal) *drain { return &drain{r: r, exit: exit, owed: -1} }
+
+// read records n bytes just read. Bytes read before the exit is seen do not
+// count against what was owed: that errs towards reading more.
+func (d *drain) read(n int) {
+	if d.owed < 0 {
+		if d.exit.exitedAt().IsZero() {
+			return
+		}
+		d.owed = d.exit.pending[d.r]
+	} else {
+		d.owed -= n
+	}
+	if d.owed <= 0 && d.clear.IsZero() {
+		d.owed, d.clear = 0, time.Now()
+	}
+}
+
+// more is called when a read hit its deadline (set only once the program
+// has exited). It reports whether to read on, and if so pushes the deadline
+// back. readAt is when that read began: a read that did not wait drainIdle
+// (the deadline passed while a send to a slow host blocked) proves nothing.
+func (d *drain) more(readAt time.Time) bool {
+	d.read(0)
+	waited := time.Since(readAt) >= drainIdle
+	if d.owed != 0 || time.Since(d.clear) < drainMax && (!waited || pipeBuffered(d.r) > 0) {
+		d.r.SetReadDeadline(time.Now().Add(drainIdle))
+		return true
+	}
+	return false
+}
+
 // pump reads one stream of the workload until EOF and emits it line by
 // line; lines longer than maxLine go out in partial chunks. Once exit has
 // fired (and the caller set a read deadline) the drain rules above apply. Reads never stop on a deadline while the pipe still holds bytes:
@@ -142,10 +193,12 @@ func pump(r *os.File, stream string, maxLine int, e *emitter, exit *exitSignal) 
 	const readSize = 32 << 10
 	store := make([]byte, maxLine+readSize)
 	buf := store[:0]
+	d := newDrain(r, exit)
 	for {
 		readAt := time.Now()
 		n, err := r.Read(store[len(buf) : len(buf)+readSize])
 		buf = store[:len(buf)+n]
+		d.read(n)
 		for {
 			i := bytes.IndexByte(buf, '\n')
 			if i >= 0 && i <= maxLine {
@@ -170,13 +223,7 @@ func pump(r *os.File, stream string, maxLine int, e *emitter, exit *exitSignal) 
 		}
 		buf = store[:copy(store, buf)]
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// The deadline may have passed while emit blocked on a slow host, in which
-			// case this read did not wait at all: only a read that waited drainIdle on an
-			// empty pipe proves a writer outside the group is holding it.
-			at := exit.exitedAt()
-			waited := time.Since(readAt) >= drainIdle
-			if !at.IsZero() && time.Since(at) < drainMax && (pipeBuffered(r) > 0 || !waited) {
-				r.SetReadDeadline(time.Now().Add(drainIdle))
+			if d.more(readAt) {
 				continue
 			}
 			e.markCut()

@@ -498,7 +498,7 @@ func (a *Agent) runProcess(agentCtx context.Context, p *process, spec *protocol.
 	}
 	p.stdin = nil
 	p.inMu.Unlock()
-	exitSig.fire()
+	exitSig.fire(outR, errR, p.pty)
 	deadline := time.Now().Add(drainIdle)
 	for _, f := range []*os.File{outR, errR, p.pty} {
 		if f != nil {

@@ -23,9 +23,11 @@ func ptyPump(r *os.File, maxLine int, e *emitter, exit *exitSignal) {
 	const readSize = 32 << 10
 	store := make([]byte, readSize+utf8.UTFMax)
 	held := 0
+	d := newDrain(r, exit)
 	for {
 		readAt := time.Now()
 		n, err := r.Read(store[held : held+readSize])
+		d.read(n)
 		buf := store[:held+n]
 		keep := 0
 		if err == nil {
@@ -34,10 +36,7 @@ func ptyPump(r *os.File, maxLine int, e *emitter, exit *exitSignal) {
 		emitChunk(e, protocol.PTY, buf[:len(buf)-keep], maxLine)
 		held = copy(store, buf[len(buf)-keep:])
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			at := exit.exitedAt()
-			waited := time.Since(readAt) >= drainIdle
-			if !at.IsZero() && time.Since(at) < drainMax && (pipeBuffered(r) > 0 || !waited) {
-				r.SetReadDeadline(time.Now().Add(drainIdle))
+			if d.more(readAt) {
 				continue
 			}
 			e.markCut()

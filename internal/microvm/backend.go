@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -373,7 +374,12 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	if err != nil {
 		return v, v.bootError(ctx, err)
 	}
-	v.cleanup.Add("close agent channel", func(context.Context) error { return conn.Close() })
+	v.cleanup.Add("close agent channel", func(context.Context) error {
+		if err := conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err // a sandbox's session has closed it already
+		}
+		return nil
+	})
 	hello, err := v.greet(bootCtx, conn, session)
 	if err != nil {
 		return v, v.bootError(ctx, err)

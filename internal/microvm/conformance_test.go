@@ -345,6 +345,7 @@ func runConformance(t *testing.T, h *harness, runtimes []model.Runtime) {
 	})
 
 	runOutputIntegrity(t, h)
+	runSandboxConformance(t, h)
 
 	t.Run("metrics", func(t *testing.T) {
 		if n := testutil.CollectAndCount(h.b.metrics.boot); n == 0 {

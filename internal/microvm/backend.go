@@ -199,7 +199,9 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 		b.metrics.workloads.WithLabelValues(vmmName, string(spec.Runtime), outcome).Inc()
 	}()
 
-	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs, false)
+	// A workload is a sandbox's VM that runs one exec over its session, then goes: one
+	// VM lifecycle and one teardown path for both.
+	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs)
 	if v != nil {
 		defer func() {
 			// Not ctx itself: it may be the workload's expired timeout. WithoutCancel
@@ -216,7 +218,7 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 
 	ex := execFor(job)
 	sent := time.Now()
-	exit, err := v.agent.Run(ctx, ex, func(o *protocol.Output) {
+	exit, err := v.session.Exec(ctx, ex, protocol.CancelGrace, func(o *protocol.Output) {
 		stream := model.Stdout
 		if o.Stream == "stderr" {
 			stream = model.Stderr
@@ -276,9 +278,10 @@ func execFor(job backend.Job) *protocol.Exec {
 
 // boot acquires everything a VM needs, each undo registered right after its acquire, and
 // waits for the agent's hello. The returned vm (even with an error) must be torn down.
-// With session set the VM is a sandbox's: it stays up after any one process, and its agent
-// connection becomes a multiplexed session (v.session) instead of an exec channel.
-func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS, session bool) (*vm, error) {
+// The VM stays up until torn down, and its agent connection becomes a multiplexed session
+// (v.session): a workload runs one exec over it, a sandbox many processes and file
+// operations.
+func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS) (*vm, error) {
 	id := job.WorkloadID
 	v := &vm{b: b, id: id, driver: driver, kernel: kernel, rootfs: rootfs}
 	b.mu.Lock()
@@ -329,7 +332,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		CPUs:         job.Spec.Resources.CPUs,
 		MemMB:        job.Spec.Resources.MemMB,
 		CID:          cid,
-		Args:         bootArgs(network, session),
+		Args:         bootArgs(network),
 		Network:      network,
 		ConsoleLimit: b.cfg.ConsoleLimit,
 		Cell:         spec,
@@ -355,15 +358,9 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		return v, fmt.Errorf("start %s: %w", driver.Name(), err)
 	}
 	v.machine = m
-	v.cleanup.Add("stop vmm", func(ctx context.Context) error {
-		// The agent powers the VM off after the exit; give it a moment before escalating.
-		select {
-		case <-m.Done():
-		case <-time.After(v.gracefulWait()):
-		case <-ctx.Done():
-		}
-		return m.Stop(ctx)
-	})
+	// The guest never powers itself off (vulcan.oneshot=0): the host stops it, which is
+	// safe as its root is read-only and its scratch disk goes with it.
+	v.cleanup.Add("stop vmm", func(ctx context.Context) error { return m.Stop(ctx) })
 	b.metrics.active.WithLabelValues(driver.Name()).Inc()
 	v.cleanup.Add("active gauge", func(context.Context) error {
 		b.metrics.active.WithLabelValues(driver.Name()).Dec()
@@ -380,7 +377,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		}
 		return nil
 	})
-	hello, err := v.greet(bootCtx, conn, session)
+	hello, err := v.greet(bootCtx, conn)
 	if err != nil {
 		return v, v.bootError(ctx, err)
 	}
@@ -420,8 +417,7 @@ type vm struct {
 	cid      uint32
 	network  *vmm.Network // nil: no NIC
 	machine  vmm.Machine
-	agent    *protocol.Conn    // exec VMs
-	session  *protocol.Session // sandbox VMs
+	session  *protocol.Session // the agent connection
 	hello    *protocol.Hello
 	started  time.Time
 	bootTime time.Duration
@@ -436,14 +432,6 @@ func (v *vm) teardown(ctx context.Context) error {
 		v.b.metrics.cleanup.WithLabelValues(v.driver.Name()).Observe(time.Since(start).Seconds())
 	}
 	return err
-}
-
-// gracefulWait is how long teardown waits for the guest to power itself off.
-func (v *vm) gracefulWait() time.Duration {
-	if v.hello == nil || v.session != nil {
-		return 0 // a sandbox's guest does not power itself off: it is stopped
-	}
-	return 3 * time.Second
 }
 
 func (v *vm) bootError(ctx context.Context, err error) error {

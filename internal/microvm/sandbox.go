@@ -72,7 +72,7 @@ func (b *Backend) StartSandbox(ctx context.Context, spec VMSpec) (*SandboxVM, er
 		Runtime: spec.Template, Isolation: model.IsolationMicroVM, Resources: spec.Resources,
 		Network: spec.Network, NetworkRules: spec.NetworkRules,
 	}}
-	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs, true)
+	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs)
 	if err != nil {
 		if v != nil {
 			if terr := v.teardown(context.WithoutCancel(ctx)); terr != nil {
@@ -84,24 +84,15 @@ func (b *Backend) StartSandbox(ctx context.Context, spec VMSpec) (*SandboxVM, er
 	return &SandboxVM{v: v, session: v.session}, nil
 }
 
-// bootArgs are the kernel arguments Vulcan adds for the agent. A sandbox's agent must not
-// power off after one process.
-func bootArgs(n *vmm.Network, session bool) []string {
-	args := []string{"vulcan.hostname=vulcan", n.KernelIPArg()}
-	if session {
-		args = append(args, "vulcan.oneshot=0")
-	}
-	return args
+// bootArgs are the kernel arguments Vulcan adds for the agent. The agent must not power
+// off after one exec: the host stops the VM (a sandbox runs many).
+func bootArgs(n *vmm.Network) []string {
+	return []string{"vulcan.hostname=vulcan", n.KernelIPArg(), "vulcan.oneshot=0"}
 }
 
-// greet reads the agent's hello. For an exec VM the connection becomes a protocol.Conn;
-// for a sandbox VM it becomes a session, so nothing may read frames from it first (a
-// Conn's reader would swallow the session's bytes).
-func (v *vm) greet(ctx context.Context, conn net.Conn, session bool) (*protocol.Hello, error) {
-	if !session {
-		v.agent = protocol.NewConn(conn)
-		return v.agent.ReadHello(ctx)
-	}
+// greet reads the agent's hello and turns the connection into a session. Nothing may read
+// frames from it first (a protocol.Conn's reader would swallow the session's bytes).
+func (v *vm) greet(ctx context.Context, conn net.Conn) (*protocol.Hello, error) {
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
 	m, err := protocol.ReadMessage(conn)
 	if !stop() {

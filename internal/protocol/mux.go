@@ -130,6 +130,59 @@ func (st *Stream) Event() (*Event, error) {
 	return m.Event, nil
 }
 
+// Exec runs a workload over the session, like Conn.Run: it calls onOutput for each output
+// in order and returns the exit. When ctx ends it half-closes the stream (which cancels
+// the workload) and waits up to grace for the exit, still delivering output; it then
+// returns the exit if one came, with an error wrapping ctx.Err().
+func (s *Session) Exec(ctx context.Context, ex *Exec, grace time.Duration, onOutput func(*Output)) (*Exit, error) {
+	req := *ex
+	if req.ProtocolVersion == 0 {
+		req.ProtocolVersion = Version
+	}
+	st, _, err := s.Open(ctx, &Request{Op: OpExec, Exec: &req})
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	var cancelErr error
+	stop := context.AfterFunc(ctx, func() {
+		st.CloseWrite()
+		st.SetReadDeadline(time.Now().Add(grace))
+	})
+	defer stop()
+	var lastSeq uint64
+	for {
+		ev, err := st.Event()
+		if ctx.Err() != nil && cancelErr == nil {
+			cancelErr = fmt.Errorf("protocol: exec %q: %w", req.ID, ctx.Err())
+		}
+		if err != nil {
+			if cancelErr != nil {
+				return nil, cancelErr
+			}
+			if errors.Is(err, io.EOF) {
+				err = fmt.Errorf("%w: the stream ended before the exit", ErrUnexpected)
+			}
+			return nil, fmt.Errorf("protocol: exec %q: %w", req.ID, err)
+		}
+		switch {
+		case ev.Output != nil:
+			if ev.Output.Seq <= lastSeq {
+				return nil, errors.Join(cancelErr, fmt.Errorf("%w: output seq %d after %d", ErrUnexpected, ev.Output.Seq, lastSeq))
+			}
+			if ev.Output.Stream != Stdout && ev.Output.Stream != Stderr {
+				return nil, errors.Join(cancelErr, fmt.Errorf("%w: exec output on stream %.16q", ErrUnexpected, ev.Output.Stream))
+			}
+			lastSeq = ev.Output.Seq
+			if onOutput != nil {
+				onOutput(ev.Output)
+			}
+		case ev.Exit != nil:
+			return ev.Exit, cancelErr
+		}
+	}
+}
+
 // CloseWrite half-closes the host's side (yamux sends FIN; the guest reads EOF and can
 // still answer).
 func (st *Stream) CloseWrite() error { return st.Conn.Close() }
@@ -159,7 +212,7 @@ func ServeSession(ctx context.Context, conn io.ReadWriteCloser, handle func(ctx 
 		go func() {
 			defer c.Close()
 			c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			m, err := ReadMessageLimit(c, SessionFrameSize)
+			m, err := ReadMessageLimit(c, MaxFrameSize) // the host's frames: an exec's may be large
 			c.SetReadDeadline(time.Time{})
 			if err != nil || m.Type != TypeRequest {
 				WriteMessage(c, &Message{Type: TypeResponse, Response: &Response{Error: &OpError{Code: ErrCodeInvalid, Message: "the first frame of a stream must be a request"}}})

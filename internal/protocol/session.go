@@ -19,9 +19,9 @@ package protocol
 //       writes a second TypeResponse (the written file's Info, or Error) and closes;
 //     - everything else: nothing; the guest closes the stream.
 //
-// The guest is hostile: the host caps every frame (MaxFrameSize, and SessionFrameSize for
-// frames on a session stream), the number of entries and events it accepts, and the bytes
-// of a file read.
+// The guest is hostile: the host caps every frame it reads (SessionFrameSize on a session
+// stream), the number of entries and events it accepts, and the bytes of a file read. A
+// request may be up to MaxFrameSize (an exec carries its code and archive).
 
 // SessionFrameSize bounds a frame on a session stream. Bulk bytes (files, stdin) travel raw
 // or in many frames, never in one big one.
@@ -50,6 +50,10 @@ const (
 	OpFSMove        = "fs.move"        // Path, To → Response{Info of To}
 	OpFSRemove      = "fs.remove"      // Path → Response{}; recursive; a missing path is ErrCodeNotFound
 	OpMetrics       = "sys.metrics"    // → Response{Metrics}
+	// OpExec runs a one-shot workload (Exec: code or archive, runtime, stdin, limits —
+	// what an exec message carries) → Response{}, then events (Output…, Exit). The host
+	// half-closing the stream cancels it (the Exit then says Cancelled).
+	OpExec = "exec"
 )
 
 // Request is the first frame of a session stream.
@@ -57,6 +61,8 @@ type Request struct {
 	Op string `json:"op"`
 	// Process starts a process (OpProcessStart).
 	Process *ProcessSpec `json:"process,omitempty"`
+	// Exec is a workload to run (OpExec).
+	Exec *Exec `json:"exec,omitempty"`
 	// PID or Tag names a process started in this session (attach, signal, stdin, resize).
 	PID int    `json:"pid,omitempty"`
 	Tag string `json:"tag,omitempty"`

@@ -96,6 +96,8 @@ type ProcessEvent struct {
 	Error      string `json:"error,omitempty"`
 	Truncated  bool   `json:"truncated,omitempty"`
 	DurationMS int64  `json:"duration_ms,omitempty"`
+	// DurationUS is the process's run time as the agent measured it (spawn to exit).
+	DurationUS int64 `json:"duration_us,omitempty"`
 }
 
 func (s *Server) sandboxRoutes(r chi.Router) {
@@ -442,7 +444,7 @@ func (s *Server) streamProcess(w http.ResponseWriter, r *http.Request, st *proto
 		case ev.Exit != nil:
 			code := ev.Exit.Code
 			enc.Encode(ProcessEvent{Type: "exit", PID: pid, ExitCode: &code, Signal: ev.Exit.Signal, Error: ev.Exit.Error,
-				Truncated: ev.Exit.Truncated || ev.Exit.OutputCut, DurationMS: ev.Exit.DurationMS})
+				Truncated: ev.Exit.Truncated || ev.Exit.OutputCut, DurationMS: ev.Exit.DurationMS, DurationUS: ev.Exit.DurationUS})
 			flush()
 			return
 		}

@@ -57,7 +57,8 @@ func (a *Agent) execute(ctx context.Context, ex *protocol.Exec, send func(*proto
 		exit.Error = "cancelled"
 	}
 	exit.Truncated, exit.OutputCut = out.state()
-	exit.DurationMS = time.Since(start).Milliseconds()
+	took := time.Since(start)
+	exit.DurationMS, exit.DurationUS = took.Milliseconds(), took.Microseconds()
 	a.log.Info("exec done", "id", ex.ID, "runtime", ex.Runtime, "code", exit.Code,
 		"signal", exit.Signal, "error", exit.Error, "ms", exit.DurationMS)
 	return exit

@@ -518,7 +518,8 @@ func (a *Agent) runProcess(agentCtx context.Context, p *process, spec *protocol.
 		exit.Code = ws.ExitStatus()
 	}
 	exit.Truncated, exit.OutputCut = p.out.state()
-	exit.DurationMS = time.Since(p.start).Milliseconds()
+	took := time.Since(p.start)
+	exit.DurationMS, exit.DurationUS = took.Milliseconds(), took.Microseconds()
 	a.sess.procs.remove(p)
 	p.finish(exit)
 	a.log.Info("process exited", "pid", p.pid, "tag", p.tag, "code", exit.Code, "signal", exit.Signal,

@@ -148,6 +148,9 @@ type Exit struct {
 	Code       int    `json:"code"`
 	Signal     string `json:"signal,omitempty"` // e.g. "killed"
 	DurationMS int64  `json:"duration_ms"`
+	// DurationUS is the same, in microseconds: what the program took as the agent saw it
+	// (spawn to exit), so the host can tell its own overhead from the program's time.
+	DurationUS int64 `json:"duration_us,omitempty"`
 	// Truncated: output went over the limit (or OutputCut); the rest was
 	// discarded while the program kept running.
 	Truncated bool `json:"truncated,omitempty"`

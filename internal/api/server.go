@@ -26,8 +26,8 @@ import (
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
-	"github.com/vulcanhq/vulcan/internal/store"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/store"
 	"github.com/vulcanhq/vulcan/internal/version"
 )
 

@@ -114,7 +114,9 @@ func (l *AgentLauncher) Launch(ctx context.Context, id string, spec model.Sandbo
 func (a *Agent) Session() *protocol.Session { return a.sess }
 
 // Metadata implements sandbox.Machine.
-func (a *Agent) Metadata() map[string]string { return map[string]string{"vm_id": "in-process", "vmm": "none"} }
+func (a *Agent) Metadata() map[string]string {
+	return map[string]string{"vm_id": "in-process", "vmm": "none"}
+}
 
 // Done implements sandbox.Machine.
 func (a *Agent) Done() <-chan struct{} { return a.done }

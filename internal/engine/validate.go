@@ -216,8 +216,29 @@ const (
 	archiveMaxFiles      = 10_000
 	archiveMaxTotalBytes = 256 << 20
 	archiveMaxFileBytes  = 128 << 20
+	archiveMaxDepth      = 64
+	archiveMaxPathBytes  = 4095
+	archiveMaxNameBytes  = 255
 	archiveHeaderSlack   = 32 << 20
 )
+
+// archiveShape checks a name (an entry's path or a link's target) against the guest's
+// depth and length caps.
+func archiveShape(name string) string {
+	if len(name) > archiveMaxPathBytes {
+		return fmt.Sprintf("is %d bytes long; at most %d", len(name), archiveMaxPathBytes)
+	}
+	parts := strings.Split(strings.Trim(name, "/"), "/")
+	if len(parts) > archiveMaxDepth {
+		return fmt.Sprintf("is %d levels deep; at most %d", len(parts), archiveMaxDepth)
+	}
+	for _, p := range parts {
+		if len(p) > archiveMaxNameBytes {
+			return fmt.Sprintf("has a %d-byte name; at most %d", len(p), archiveMaxNameBytes)
+		}
+	}
+	return ""
+}
 
 // checkArchive reads code_archive's tar headers, without extracting anything, and checks
 // that it is a tar.gz the guest will extract (its limits, and the lexical rules it refuses
@@ -234,6 +255,7 @@ func checkArchive(archive []byte, entry string) error {
 	budget := &budgetReader{r: zr, n: archiveMaxTotalBytes + archiveHeaderSlack}
 	tr := tar.NewReader(budget)
 	regular := map[string]bool{} // by cleaned name: whether its last entry is a file
+	implied := map[string]bool{} // directories entries' paths imply: the guest counts them
 	var entryType byte           // of the entrypoint's last entry; 0 when there is none
 	var total int64
 	for files := 0; ; files++ {
@@ -255,6 +277,20 @@ func checkArchive(archive []byte, entry string) error {
 			return bad("entry %q is not a relative path inside the archive", hdr.Name)
 		}
 		name := path.Clean(hdr.Name)
+		if why := archiveShape(name); why != "" {
+			return bad("entry %.80q… %s", name, why)
+		}
+		if hdr.Typeflag == tar.TypeSymlink || hdr.Typeflag == tar.TypeLink {
+			if why := archiveShape(hdr.Linkname); why != "" {
+				return bad("entry %q links to a target that %s", hdr.Name, why)
+			}
+		}
+		for d := path.Dir(name); d != "." && d != "/" && !implied[d]; d = path.Dir(d) {
+			implied[d] = true
+		}
+		if files+len(implied) >= archiveMaxFiles {
+			return bad("has more than %d entries (counting the directories their paths imply)", archiveMaxFiles)
+		}
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeRegA:
 			if hdr.Size > archiveMaxFileBytes {

@@ -71,7 +71,7 @@ if [ ! -f "$base/.complete" ]; then
     --dpkgopt='path-exclude=/usr/share/lintian/*' \
     --customize-hook='echo "user:x:1000:1000:user:/home/user:/bin/bash" >> "$1/etc/passwd"' \
     --customize-hook='echo "user:x:1000:" >> "$1/etc/group"' \
-    --customize-hook='echo "user:!:19000:0:99999:7:::" >> "$1/etc/shadow"' \
+    --customize-hook='echo "user:!:19000:0:99999:7:::" >> "$1/etc/shadow" && chmod 0640 "$1/etc/shadow"' \
     --customize-hook='mkdir -p "$1/home/user" "$1/etc/vulcan" && chown 1000:1000 "$1/home/user" && chmod 0750 "$1/home/user"' \
     --customize-hook='echo vulcan > "$1/etc/hostname"; printf "127.0.0.1 localhost vulcan\n::1 localhost\n" > "$1/etc/hosts"; : > "$1/etc/resolv.conf"' \
     "${gohooks[@]}" \

@@ -428,8 +428,15 @@ func (s *Server) streamProcess(w http.ResponseWriter, r *http.Request, st *proto
 	for it := range events {
 		switch ev, err := it.ev, it.err; {
 		case err != nil:
-			if !errors.Is(err, io.EOF) && r.Context().Err() == nil {
-				enc.Encode(ProcessEvent{Type: "error", Error: "lost the process's stream: " + err.Error()})
+			// No exit came: the sandbox ended (killed, timed out, its VM died) or the
+			// guest broke the stream. Say so, so the end of the stream is never taken for
+			// a clean one.
+			if r.Context().Err() == nil {
+				msg := "the process's stream ended before its exit (the sandbox ended?)"
+				if !errors.Is(err, io.EOF) {
+					msg = "lost the process's stream: " + err.Error()
+				}
+				enc.Encode(ProcessEvent{Type: "error", Error: msg})
 			}
 			flush()
 			return

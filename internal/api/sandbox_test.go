@@ -234,3 +234,31 @@ func waitFor(t *testing.T, s *syncBuffer, want string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A process stream cut by the sandbox's end says so in an error event; it never just
+// stops as if the stream were complete.
+func TestProcessStreamEndsWithErrorWhenSandboxKilled(t *testing.T) {
+	ts := sandboxServer(t)
+	_, body := ts.do(t, http.MethodPost, "/v1/sandboxes", map[string]any{})
+	sb := decode[api.Sandbox](t, body)
+	c := client.New(ts.URL, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, sb.ID, api.ProcessRequest{Cmd: "echo up; sleep 60"}, func(ev api.ProcessEvent) {
+			if ev.Type == "output" {
+				close(started)
+			}
+		})
+		done <- err
+	}()
+	<-started
+	if _, err := c.KillSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "ended before its exit") && !strings.Contains(err.Error(), "lost the process") {
+		t.Fatalf("exec after the sandbox was killed: %v", err)
+	}
+}

@@ -118,7 +118,13 @@ func (s *Server) ptyConnect(w http.ResponseWriter, r *http.Request) {
 		}
 		switch {
 		case ev.Output != nil:
-			if err := c.Write(ctx, websocket.MessageBinary, []byte(ev.Output.Data)); err != nil {
+			// The agent ends a message at each newline and leaves the newline out (only
+			// a Partial message had none): put it back, or the screen never moves down.
+			data := []byte(ev.Output.Data)
+			if !ev.Output.Partial {
+				data = append(data, '\n')
+			}
+			if err := c.Write(ctx, websocket.MessageBinary, data); err != nil {
 				return
 			}
 		case ev.Exit != nil:

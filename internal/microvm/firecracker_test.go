@@ -23,6 +23,7 @@ func TestConformanceFirecrackerSim(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the simulator and the agent, runs workloads")
 	}
+	testenv.RequiresLinux(t)
 	bin := shortDir(t)
 	for _, b := range [][2]string{{"fcsim", "./firecracker/fcsim"}, {"vulcan-guest", "github.com/vulcanhq/vulcan/cmd/vulcan-guest"}} {
 		if err := testenv.GoBuild(filepath.Join(bin, b[0]), b[1], "CGO_ENABLED=0"); err != nil {

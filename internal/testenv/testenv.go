@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -40,6 +41,15 @@ func RequiresBinary(t testing.TB, name string) string {
 		missing(t, true, "%s not on PATH", name)
 	}
 	return p
+}
+
+// RequiresLinux skips on other OSes: what needs namespaces, netlink or a VMM runs only
+// on Linux (the tree still builds and unit-tests elsewhere).
+func RequiresLinux(t testing.TB) {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		missing(t, false, "needs Linux, not %s", runtime.GOOS)
+	}
 }
 
 // RequiresKVM skips unless /dev/kvm can be opened read-write.

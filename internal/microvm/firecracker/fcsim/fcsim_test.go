@@ -259,6 +259,7 @@ func connect(t *testing.T, path string, port int) (net.Conn, string) {
 }
 
 func TestBootReachesAgentHello(t *testing.T) {
+	testenv.RequiresLinux(t)
 	s := startSim(t)
 	vsockPath := s.configure(t)
 	if code, body := s.do(t, "GET", "/", ""); code != 200 || !strings.Contains(body, `"Not started"`) {
@@ -323,6 +324,7 @@ func TestBootReachesAgentHello(t *testing.T) {
 // The guest powering off (the oneshot agent exits after its workload) ends the VMM,
 // and the memory limit holds inside the "VM".
 func TestGuestPowerOffEndsVMM(t *testing.T) {
+	testenv.RequiresLinux(t)
 	s := startSim(t)
 	vsockPath := s.configure(t)
 	s.put(t, "/machine-config", `{"vcpu_count":1,"mem_size_mib":128}`) // still pre-boot: allowed
@@ -367,6 +369,7 @@ func TestParseKernelArgs(t *testing.T) {
 // SIGTERM (the SDK's StopVMM) powers the VM off mid-workload: the simulator exits and
 // the workload, in the guest's PID namespace, dies with it.
 func TestSIGTERMKillsGuest(t *testing.T) {
+	testenv.RequiresLinux(t)
 	if os.Geteuid() != 0 {
 		t.Skip("the guest's PID namespace needs root")
 	}

@@ -64,10 +64,11 @@ func startGuest(dir string, boot bootSource, mc machineConfig, log *slog.Logger)
 	args := append([]string{initArg, strconv.FormatUint(memBytes, 10), k.hostname, agent}, agentArgs...)
 	cmd := exec.Command(self, args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr // the "serial console": fcsim's output
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if os.Geteuid() == 0 {
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS
+	attr, pidns, err := initProcAttr()
+	if err != nil {
+		return nil, err
 	}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -78,7 +79,7 @@ func startGuest(dir string, boot bootSource, mc machineConfig, log *slog.Logger)
 		close(g.done)
 	}()
 	log.Info("guest started", "init_pid", cmd.Process.Pid, "agent", agent, "args", agentArgs,
-		"vcpus", *mc.VcpuCount, "mem_mib", *mc.MemSizeMib, "pidns", cmd.SysProcAttr.Cloneflags != 0)
+		"vcpus", *mc.VcpuCount, "mem_mib", *mc.MemSizeMib, "pidns", pidns)
 	return g, nil
 }
 
@@ -145,7 +146,7 @@ func guestInit(args []string) int {
 		return 2
 	}
 	if os.Getpid() == 1 {
-		_ = syscall.Sethostname([]byte(args[1]))
+		_ = setHostname(args[1])
 	}
 	// RLIMIT_DATA rather than RLIMIT_AS: node and the go toolchain reserve ~800 MiB of
 	// address space at start that a small VM runs them with fine, while RLIMIT_DATA

@@ -16,19 +16,25 @@ TEST_TIMEOUT ?= 60m
 # server's startup reclaim would take for a crashed run's leftovers. Never from the test
 # cache (-count=1): VM tests depend on images and processes Go cannot see.
 
-.PHONY: all build cni deps test-deps run test test-short kernel rootfs images download fuzz soak bench clean
+.PHONY: all build cni dashboard-vendor deps test-deps run test test-short kernel rootfs images download fuzz soak bench clean
 
 all: build
 
-build: $(BIN)/vulcan $(BIN)/vulcan-guest cni
+build: dashboard-vendor $(BIN)/vulcan $(BIN)/vulcan-guest cni
 
 # Go tracks its own staleness; these targets always ask it (cheap when nothing changed).
 .PHONY: $(BIN)/vulcan $(BIN)/vulcan-guest
-$(BIN)/vulcan:
+$(BIN)/vulcan: dashboard-vendor
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/vulcan
 
 $(BIN)/vulcan-guest:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/vulcan-guest
+
+# The dashboard's terminal (xterm.js) from npm, pinned by internal/dashboard/package-lock.json,
+# copied into the gitignored static/assets/vendor that the binary embeds. Without it the
+# tree still builds; the terminal panel then says to run make.
+dashboard-vendor:
+	scripts/dashboard-vendor.sh
 
 # CNI plugins for VM networking: ours plus bridge and host-local, pinned in go.mod by its
 # tool directive (containernetworking/plugins).

@@ -9,10 +9,13 @@ need=(
   mmdebstrap arch-test e2fsprogs ca-certificates    # rootfs images without loop mounts
   linux-source-6.1 flex bison bc libelf-dev libssl-dev dwarves xz-utils build-essential  # guest kernel
   iproute2 nftables util-linux                      # per-VM networking (ip, nft, nsenter)
+  nodejs                                            # npm ci of the dashboard's xterm.js (make dashboard-vendor)
 )
+# Debian's npm is its own package; NodeSource's nodejs ships npm inside and conflicts with it.
+command -v npm >/dev/null || need+=(npm)
 if [ "${1:-}" = "--test" ]; then
   need+=(chromium                                   # browser tests of the dashboard
-         python3 nodejs)                            # the agent's tests run the host's runtimes
+         python3)                                   # the agent's tests run the host's runtimes (and nodejs)
 fi
 
 missing=()

@@ -261,6 +261,8 @@ type browser struct {
 	base  string
 	shots string
 
+	wait time.Duration // how long poll waits; 0 means 2 minutes
+
 	mu   sync.Mutex
 	msgs []string // console errors, warnings and exceptions
 }
@@ -330,7 +332,26 @@ func (b *browser) do(t *testing.T, actions ...chromedp.Action[chromedp.Void]) {
 // under TCG takes ~13 s, a python one ~2–5 s).
 func (b *browser) poll(t *testing.T, expr string) {
 	t.Helper()
-	if _, err := chromedp.Run(b.ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(2*time.Minute))); err != nil {
+	wait := b.wait
+	if wait == 0 {
+		wait = 2 * time.Minute
+	}
+	if _, err := chromedp.Run(b.ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(wait))); err != nil {
+		b.fail(t, fmt.Errorf("waiting for %s: %w", expr, err))
+	}
+}
+
+// pollOr is poll that, when the wait fails, first logs what dump evaluates to.
+func (b *browser) pollOr(t *testing.T, expr, dump string) {
+	t.Helper()
+	wait := b.wait
+	if wait == 0 {
+		wait = 2 * time.Minute
+	}
+	if _, err := chromedp.Run(b.ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(wait))); err != nil {
+		var s string
+		b.evalInto(t, `String(`+dump+`)`, &s)
+		t.Logf("%s:\n%s", dump, s)
 		b.fail(t, fmt.Errorf("waiting for %s: %w", expr, err))
 	}
 }

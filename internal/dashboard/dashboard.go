@@ -1,7 +1,10 @@
 // Package dashboard is Vulcan's web UI: hand-written HTML, CSS and JavaScript modules
 // embedded in the binary and served next to the API by `vulcan serve`. It talks to the
 // API like any client (fetch, with the bearer token when the server wants one) and needs
-// no build step, no Node toolchain and no network beyond the server itself.
+// no network beyond the server itself. The one third-party piece, xterm.js for the
+// sandbox terminal, is installed from npm at build time (`make dashboard-vendor`) into
+// static/assets/vendor, which is gitignored: a tree built without it serves everything
+// but the terminal, whose panel then says to run make.
 package dashboard
 
 import (
@@ -25,13 +28,18 @@ var contentTypes = map[string]string{
 	".html": "text/html; charset=utf-8",
 	".css":  "text/css; charset=utf-8",
 	".js":   "text/javascript; charset=utf-8",
+	".mjs":  "text/javascript; charset=utf-8",
+	".txt":  "text/plain; charset=utf-8",
 	".svg":  "image/svg+xml",
 	".json": "application/json",
 }
 
 // csp allows only the server itself: every asset is embedded, charts are SVG built with
-// DOM calls, and no style or script is inline.
-const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
+// DOM calls, and no script is inline. Styles may be: xterm.js's DOM renderer writes
+// <style> elements and style attributes for the terminal's grid and colours (VS Code's
+// own CSP makes the same allowance). That lets no script run; text from the server still
+// enters the page only as text nodes. connect-src 'self' covers the terminal's WebSocket.
+const csp = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; " +
 	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 type file struct {

@@ -55,6 +55,26 @@ export async function request(method, path, opts = {}) {
 
 export const get = (path, opts) => request("GET", path, opts);
 
+// raw performs a request whose body or answer is bytes, not JSON (a sandbox's files), and
+// returns the Response; a File or Blob body is streamed by the browser, not read here.
+export async function raw(method, path, opts = {}) {
+  const init = { method, headers: headers(opts.headers), body: opts.body, signal: opts.signal };
+  const resp = await fetch(path, init);
+  if (!resp.ok) throw await failure(resp);
+  return resp;
+}
+
+// socket opens a WebSocket on an API path. A browser cannot put headers on one, so the
+// token travels as a second subprotocol, vulcan.token.<token>; the server selects the
+// first.
+export function socket(path, protocol) {
+  const url = new URL(path, location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const protocols = [protocol];
+  if (token()) protocols.push("vulcan.token." + token());
+  return new WebSocket(url, protocols);
+}
+
 // streamEvents reads a Server-Sent Events stream with fetch, because EventSource cannot
 // send the Authorization header. It resumes after a dropped connection with
 // Last-Event-ID, and resolves when the server ends the stream after an event named in

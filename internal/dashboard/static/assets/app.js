@@ -8,11 +8,17 @@ import * as create from "./pages/new.js";
 import * as detail from "./pages/detail.js";
 import * as backends from "./pages/backends.js";
 import * as charts from "./pages/charts.js";
+import * as sandboxes from "./pages/sandboxes.js";
+import * as sandboxNew from "./pages/sandbox-new.js";
+import * as sandbox from "./pages/sandbox.js";
 
 const routes = [
   { re: /^\/(workloads\/?)?$/, page: workloads, nav: "workloads" },
   { re: /^\/workloads\/new\/?$/, page: create, nav: "new" },
   { re: /^\/workloads\/([0-9A-Za-z]+)\/?$/, page: detail, nav: "workloads" },
+  { re: /^\/sandboxes\/?$/, page: sandboxes, nav: "sandboxes" },
+  { re: /^\/sandboxes\/new\/?$/, page: sandboxNew, nav: "sandboxes" },
+  { re: /^\/sandboxes\/([0-9A-Za-z_-]+)\/?$/, page: sandbox, nav: "sandboxes" },
   { re: /^\/backends\/?$/, page: backends, nav: "backends" },
   { re: /^\/charts\/?$/, page: charts, nav: "charts" },
 ];
@@ -32,7 +38,7 @@ function route(moved) {
   const path = location.pathname;
   const match = routes.map((r) => ({ r, m: path.match(r.re) })).find((x) => x.m);
   for (const a of document.querySelectorAll("[data-nav]")) {
-    if (match && a.dataset.nav === match.r.nav) a.setAttribute("aria-current", match.r.page === detail ? "true" : "page");
+    if (match && a.dataset.nav === match.r.nav) a.setAttribute("aria-current", match.r.page === detail || match.r.page === sandbox || match.r.page === sandboxNew ? "true" : "page");
     else a.removeAttribute("aria-current");
   }
   if (!match) {
@@ -53,7 +59,7 @@ document.addEventListener("click", (e) => {
   if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
   const url = new URL(a.href, location.href);
   if (url.origin !== location.origin || a.target || a.hasAttribute("download")) return;
-  if (url.pathname.startsWith("/v1/") || url.pathname === "/metrics") return; // API documents
+  if (url.pathname.startsWith("/v1/") || url.pathname.startsWith("/assets/") || url.pathname === "/metrics") return; // documents, not pages
   e.preventDefault();
   if (url.pathname + url.search !== location.pathname + location.search) navigate(url.pathname + url.search);
 });

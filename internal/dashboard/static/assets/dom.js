@@ -70,3 +70,27 @@ export function announce(text) {
 export function errorBox(err) {
   return h("div", { class: "alert", role: "alert" }, err && err.message ? err.message : String(err));
 }
+
+// A sandbox in one of these states is over: no VM, nothing to poll.
+export const SANDBOX_ENDED = ["killed", "timed_out", "failed", "lost"];
+
+export function stateBadge(state) {
+  return h("span", { class: "badge state-" + state }, state.replace("_", " "));
+}
+
+export function bytes(n) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? String(n) : n.toFixed(n < 10 ? 1 : 0)) + " " + units[i];
+}
+
+// left says how long until an ISO time, coarsely ("4 min 10 s", "expired").
+export function left(iso) {
+  const s = Math.round((Date.parse(iso) - Date.now()) / 1000);
+  if (!(s > 0)) return "expired";
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+  return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+}

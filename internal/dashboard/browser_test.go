@@ -227,6 +227,12 @@ func TestDashboardInBrowser(t *testing.T) {
 		b.shot(t, "metrics")
 	})
 
+	// The sandbox pages on a python microVM: the terminal, files, processes, Kill.
+	t.Run("sandbox", func(t *testing.T) {
+		requiresTerminal(t)
+		sandboxFlow(t, b, "")
+	})
+
 	if errs := b.errors(); len(errs) > 0 {
 		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/nic"
 	"github.com/vulcanhq/vulcan/internal/protocol"
 )
 
@@ -60,7 +61,7 @@ type Config struct {
 // releases what it acquired when it fails; Detach is idempotent and must work with a
 // cancelled context. (internal/network's Manager implements it.)
 type Networker interface {
-	Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (*vmm.Network, error)
+	Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (*nic.NIC, error)
 	Detach(ctx context.Context, vmID string) error
 }
 
@@ -317,7 +318,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		return v, err
 	}
 
-	var network *vmm.Network
+	var network *nic.NIC
 	if p := job.Spec.Network; p != "" && p != model.NetworkNone {
 		if network, err = b.attachNetwork(ctx, v, p, job.Spec.NetworkRules); err != nil {
 			return v, err
@@ -389,7 +390,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 }
 
 // attachNetwork gives the VM a NIC under policy, registering the detach right after.
-func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.NetworkPolicy, rules *model.NetworkRules) (*vmm.Network, error) {
+func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.NetworkPolicy, rules *model.NetworkRules) (*nic.NIC, error) {
 	if b.cfg.Networker == nil {
 		reason := b.cfg.NetworkUnavailable
 		if reason == nil {
@@ -415,7 +416,7 @@ type vm struct {
 	rootfs   *images.RootFS
 	dir      string
 	cid      uint32
-	network  *vmm.Network // nil: no NIC
+	network  *nic.NIC // nil: no NIC
 	machine  vmm.Machine
 	session  *protocol.Session // the agent connection
 	hello    *protocol.Hello

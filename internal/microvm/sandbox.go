@@ -10,8 +10,8 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/images"
-	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/nic"
 	"github.com/vulcanhq/vulcan/internal/protocol"
 )
 
@@ -86,7 +86,7 @@ func (b *Backend) StartSandbox(ctx context.Context, spec VMSpec) (*SandboxVM, er
 
 // bootArgs are the kernel arguments Vulcan adds for the agent. The agent must not power
 // off after one exec: the host stops the VM (a sandbox runs many).
-func bootArgs(n *vmm.Network) []string {
+func bootArgs(n *nic.NIC) []string {
 	return []string{"vulcan.hostname=vulcan", n.KernelIPArg(), "vulcan.oneshot=0"}
 }
 

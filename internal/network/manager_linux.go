@@ -22,10 +22,10 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/network/dnsgate"
 	"github.com/vulcanhq/vulcan/internal/network/netrules"
+	"github.com/vulcanhq/vulcan/internal/nic"
 )
 
 // NetNSDir is where named network namespaces are bind-mounted (as by `ip netns add`;
@@ -245,7 +245,7 @@ func (m *Manager) rt(vmID string) *libcni.RuntimeConf {
 // host-local, TAP) and its nft rules. Anything a failed Attach acquired is released
 // before it returns. Attach deletes first, so a VM id left over by a failed run is reused
 // cleanly.
-func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (_ *vmm.Network, err error) {
+func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (_ *nic.NIC, err error) {
 	if err := checkVMID(vmID); err != nil {
 		return nil, err
 	}
@@ -323,7 +323,7 @@ func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkP
 	}
 	undo = append(undo, func(context.Context) error { return m.policy.removeVM(vmID) })
 
-	n := &vmm.Network{NetNS: path, TAP: a.tap, MAC: a.mac, GuestIP: a.guest, Gateway: a.gateway}
+	n := &nic.NIC{NetNS: path, TAP: a.tap, MAC: a.mac, GuestIP: a.guest, Gateway: a.gateway}
 	if policy == model.NetworkEgress && m.gate != nil {
 		addr, ok := netip.AddrFromSlice(a.guest.IP.To4())
 		if !ok {

@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"net"
 
-	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/nic"
 )
 
 // Manager attaches VMs to the network; only Linux has one.
@@ -22,7 +22,7 @@ func Check(binDir string) error { return fmt.Errorf("%w: VM networking needs Lin
 
 func (m *Manager) Gateway() net.IP { return nil }
 
-func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (*vmm.Network, error) {
+func (m *Manager) Attach(ctx context.Context, vmID string, policy model.NetworkPolicy, rules *model.NetworkRules) (*nic.NIC, error) {
 	return nil, Check("")
 }
 

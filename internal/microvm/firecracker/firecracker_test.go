@@ -20,6 +20,7 @@ import (
 	"github.com/firecracker-microvm/firecracker-go-sdk/client/models"
 
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/nic"
 	"github.com/vulcanhq/vulcan/internal/protocol"
 	"github.com/vulcanhq/vulcan/internal/testenv"
 )
@@ -47,7 +48,7 @@ var sample = vmm.Config{
 
 func TestSDKConfig(t *testing.T) {
 	net := sample
-	net.Network = &vmm.Network{NetNS: "/run/netns/wl1", TAP: "tap0", MAC: "02:fc:00:00:00:07"}
+	net.Network = &nic.NIC{NetNS: "/run/netns/wl1", TAP: "tap0", MAC: "02:fc:00:00:00:07"}
 	for _, c := range []struct {
 		name string
 		cfg  vmm.Config

@@ -11,7 +11,7 @@ import (
 	sdk "github.com/firecracker-microvm/firecracker-go-sdk"
 
 	"github.com/vulcanhq/vulcan/internal/cell"
-	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/nic"
 )
 
 // In a cell the jailer drops to the VM's own uid/gid, joins the VM's netns, and nests its
@@ -19,7 +19,7 @@ import (
 func TestJailerInCell(t *testing.T) {
 	d := New(Options{Bin: "/usr/bin/firecracker", Jailer: &Jailer{UID: 123, GID: 456}})
 	cfg := sample
-	cfg.Network = &vmm.Network{NetNS: "/run/netns/vulcan-abc-wl1", TAP: "tap0", MAC: "02:fc:00:00:00:07"}
+	cfg.Network = &nic.NIC{NetNS: "/run/netns/vulcan-abc-wl1", TAP: "tap0", MAC: "02:fc:00:00:00:07"}
 	cfg.Cell = &cell.Spec{UID: 1073741831, GID: 1073741831, Dir: cfg.Dir, CgroupParent: "vulcan-abc.slice/wl1"}
 	got := d.SDKConfig(cfg).JailerCfg
 	want := &sdk.JailerConfig{

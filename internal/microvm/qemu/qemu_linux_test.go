@@ -11,6 +11,7 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/cell"
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/nic"
 )
 
 // In a cell the command is the setup step, whose argv names the VM dir (the startup
@@ -22,7 +23,7 @@ func TestCellCommand(t *testing.T) {
 	d := New("sh", AccelKVM)
 	c := &cell.Spec{UID: os.Getuid(), GID: os.Getgid(), Dir: dir}
 	cmd, err := d.command(vmm.Config{ID: "wl1", Dir: dir, CPUs: 1, MemMB: 128, Cell: c,
-		Network: &vmm.Network{NetNS: "/run/netns/n", TAP: "tap0", MAC: "02:00:00:00:00:01"}}, sock)
+		Network: &nic.NIC{NetNS: "/run/netns/n", TAP: "tap0", MAC: "02:00:00:00:00:01"}}, sock)
 	if err != nil {
 		t.Fatal(err)
 	}

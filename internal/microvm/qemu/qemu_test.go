@@ -9,6 +9,7 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/cell"
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
+	"github.com/vulcanhq/vulcan/internal/nic"
 )
 
 // The kernel command line and QEMU argv are the contract with the guest and the VMM:
@@ -48,7 +49,7 @@ func TestArgv(t *testing.T) {
 	}
 	// A network: by name without a cell; in a cell the TAP comes opened, as fd 3.
 	cfg.Scratch = ""
-	cfg.Network = &vmm.Network{NetNS: "/run/netns/vulcan-x-wl1", TAP: "tap0", MAC: "02:fc:00:00:00:07"}
+	cfg.Network = &nic.NIC{NetNS: "/run/netns/vulcan-x-wl1", TAP: "tap0", MAC: "02:fc:00:00:00:07"}
 	if got := strings.Join(d.Argv(cfg), " "); !strings.HasSuffix(got, " -netdev tap,id=net0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:fc:00:00:00:07") {
 		t.Errorf("network argv: %s", got)
 	}

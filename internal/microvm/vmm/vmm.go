@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/vulcanhq/vulcan/internal/cell"
+	"github.com/vulcanhq/vulcan/internal/nic"
 )
 
 // ErrNotAvailable wraps a driver's explanation of why it cannot run here.
@@ -30,7 +31,7 @@ type Config struct {
 	MemMB   int
 	CID     uint32   // guest vsock context id
 	Args    []string // kernel arguments the backend adds (vulcan.*, ip=...)
-	Network *Network // nil: no NIC
+	Network *nic.NIC // nil: no NIC
 	// ConsoleLimit caps the bytes of guest console kept in Dir/console.log.
 	ConsoleLimit int64
 	// Cell, when set, confines the VMM (internal/cell): the backend fills in the uid,
@@ -43,41 +44,6 @@ type Config struct {
 // not, why (Firecracker without a jailer cannot drop its own privileges).
 type Confiner interface {
 	Confines() (bool, string)
-}
-
-// Network is a NIC prepared by the network manager for the VM.
-type Network struct {
-	NetNS   string // path of the network namespace holding the TAP
-	TAP     string // TAP device name inside NetNS
-	MAC     string // guest MAC
-	GuestIP *net.IPNet
-	Gateway net.IP
-	// DNS are up to two name servers the guest uses (egress only: a host-only guest can
-	// reach nothing else).
-	DNS []net.IP
-}
-
-// KernelIPArg is the guest kernel's static configuration of eth0 (CONFIG_IP_PNP):
-// ip=<client>:<server>:<gateway>:<netmask>:<hostname>:<device>:<autoconf>, with no server,
-// no hostname and no autoconfiguration.
-func (n *Network) KernelIPArg() string {
-	if n == nil || n.GuestIP == nil {
-		return ""
-	}
-	mask := n.GuestIP.Mask
-	if len(mask) == net.IPv6len {
-		mask = mask[12:] // an IPv4 mask in 16-byte form
-	}
-	arg := "ip=" + n.GuestIP.IP.String() + "::" + n.Gateway.String() + ":" + net.IP(mask).String() + "::eth0:off"
-	// The kernel's dns0/dns1 fields: it lists them in /proc/net/pnp, which the agent
-	// turns into /etc/resolv.conf.
-	for i, ip := range n.DNS {
-		if i == 2 {
-			break
-		}
-		arg += ":" + ip.String()
-	}
-	return arg
 }
 
 // Driver starts VMs with one VMM.

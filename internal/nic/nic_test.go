@@ -1,4 +1,4 @@
-package vmm
+package nic
 
 import (
 	"net"
@@ -17,21 +17,21 @@ func TestKernelIPArg(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		nw := &Network{GuestIP: &net.IPNet{IP: ip, Mask: n.Mask}, Gateway: net.ParseIP(tc.gw)}
+		nw := &NIC{GuestIP: &net.IPNet{IP: ip, Mask: n.Mask}, Gateway: net.ParseIP(tc.gw)}
 		if got := nw.KernelIPArg(); got != tc.want {
 			t.Errorf("%s via %s: got %q, want %q", tc.cidr, tc.gw, got, tc.want)
 		}
 	}
-	long := &Network{GuestIP: &net.IPNet{IP: net.ParseIP("10.213.0.7"), Mask: net.CIDRMask(120, 128)}, Gateway: net.ParseIP("10.213.0.1")}
+	long := &NIC{GuestIP: &net.IPNet{IP: net.ParseIP("10.213.0.7"), Mask: net.CIDRMask(120, 128)}, Gateway: net.ParseIP("10.213.0.1")}
 	if got, want := long.KernelIPArg(), "ip=10.213.0.7::10.213.0.1:255.255.255.0::eth0:off"; got != want {
 		t.Errorf("16-byte mask: got %q, want %q", got, want)
 	}
-	dns := &Network{GuestIP: &net.IPNet{IP: net.ParseIP("10.213.0.7"), Mask: net.CIDRMask(24, 32)}, Gateway: net.ParseIP("10.213.0.1"),
+	dns := &NIC{GuestIP: &net.IPNet{IP: net.ParseIP("10.213.0.7"), Mask: net.CIDRMask(24, 32)}, Gateway: net.ParseIP("10.213.0.1"),
 		DNS: []net.IP{net.ParseIP("192.0.2.53"), net.ParseIP("192.0.2.54"), net.ParseIP("192.0.2.55")}}
 	if got, want := dns.KernelIPArg(), "ip=10.213.0.7::10.213.0.1:255.255.255.0::eth0:off:192.0.2.53:192.0.2.54"; got != want {
 		t.Errorf("with DNS: got %q, want %q (the kernel takes two)", got, want)
 	}
-	if got := (*Network)(nil).KernelIPArg(); got != "" {
+	if got := (*NIC)(nil).KernelIPArg(); got != "" {
 		t.Errorf("nil network: %q", got)
 	}
 }

@@ -23,16 +23,22 @@ func benchCommand() *cobra.Command {
 		only, jsonFile string
 		quick          bool
 		iterations     int
+		sandboxes      int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure P1–P5 against their baselines and targets, print a table and optionally JSON",
+		Short: "Measure P1–P5 and S1–S3 against their baselines and targets, print a table and optionally JSON",
 		Long: "Runs, one after another, each comparison side by side and interleaved:\n" +
 			"  P1 control-plane overhead (no-op workload via the API vs a direct backend call) and rate\n" +
 			"  P2 agent overhead (python3 -c pass through the agent vs directly; needs python3)\n" +
 			"  P3 rootfs provisioning vs a copy of a 1 GiB image (64 MiB with --quick)\n" +
 			"  P4 cold boot to agent hello vs a bare QEMU boot (needs qemu and `make images`)\n" +
 			"  P5 log streaming latency and throughput, backend sink to SSE client\n" +
+			"  S1 exec overhead in a running sandbox (`true` via the API vs the agent's spawn-to-exit)\n" +
+			"  S2 sandbox file round trip, 1 MiB and 64 MiB (PUT+GET via the API vs dd in the guest)\n" +
+			"  S3 sandbox density: idle python sandboxes up to --sandboxes (default 32, 8 with --quick),\n" +
+			"     host RSS per sandbox and exec p99 across them (target N ≥ 100 at p99 ≤ 100 ms)\n" +
+			"S1–S3 boot real sandboxes (need qemu and `make images`) and stop every one after.\n" +
 			"Misses are reported, not errors; the command fails only when a measurement fails.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -50,7 +56,7 @@ func benchCommand() *cobra.Command {
 			}
 			stderr := cmd.ErrOrStderr()
 			opts := bench.Options{
-				Quick: quick, Iterations: iterations,
+				Quick: quick, Iterations: iterations, Sandboxes: sandboxes,
 				ImagesDir: cfg.ImagesDir, QEMUBin: cfg.QEMUBin,
 				Logf: func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) },
 			}
@@ -81,9 +87,10 @@ func benchCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&only, "only", "", "comma-separated benchmarks to run, e.g. P1,P3 (default all)")
+	cmd.Flags().StringVar(&only, "only", "", "comma-separated benchmarks to run, e.g. P1,P3 or S1,S2,S3 (default all)")
 	cmd.Flags().StringVar(&jsonFile, "json", "", "also write the report as JSON to this file")
 	cmd.Flags().BoolVar(&quick, "quick", false, "fewer samples and a 64 MiB P3 image (the table says so)")
+	cmd.Flags().IntVar(&sandboxes, "sandboxes", 0, "S3's largest number of sandboxes (default 32, 8 with --quick)")
 	cmd.Flags().IntVar(&iterations, "iterations", 0, "samples per side of every comparison (default: per benchmark)")
 	config.RegisterFlags(cmd.Flags(), "data-dir", "images-dir", "qemu-bin", "qemu-accel")
 	return cmd

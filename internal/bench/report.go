@@ -23,10 +23,12 @@ type Options struct {
 	// TempDir holds P2's agent, P3's image and P1/P5's database; "" is os.TempDir(). P2's
 	// workload user (uid 1000 under root) must be able to traverse it.
 	TempDir string
-	// ImagesDir, QEMUBin and Accel ("kvm" or "tcg"; "" is tcg) are for P4.
+	// ImagesDir, QEMUBin and Accel ("kvm" or "tcg"; "" is tcg) are for P4 and S1–S3.
 	ImagesDir string
 	QEMUBin   string
 	Accel     string
+	// Sandboxes is S3's largest N; 0: 32 (8 with Quick).
+	Sandboxes int
 	// Logf, when set, receives progress lines.
 	Logf func(format string, args ...any)
 }
@@ -55,7 +57,7 @@ func (o Options) tempDir() string {
 	return os.TempDir()
 }
 
-// Benchmark is one of P1–P5.
+// Benchmark is one of P1–P5, S1–S3.
 type Benchmark struct {
 	ID    string // "P1"
 	Title string
@@ -76,6 +78,9 @@ var All = []Benchmark{
 	{"P3", "rootfs provisioning vs copy", one(RootfsProvisioning)},
 	{"P4", "boot to hello vs bare VMM", one(BootToHello)},
 	{"P5", "log streaming latency and throughput", LogStreaming},
+	{"S1", "sandbox exec overhead", one(SandboxExec)},
+	{"S2", "sandbox file round trip", SandboxFiles},
+	{"S3", "sandbox density", one(Density)},
 }
 
 // Select returns the benchmarks whose IDs are in only (all when only is empty).
@@ -94,7 +99,7 @@ func Select(only []string) ([]Benchmark, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5)", id)
+			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3)", id)
 		}
 	}
 	return out, nil

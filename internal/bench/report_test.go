@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -99,11 +100,14 @@ func TestWriteJSON(t *testing.T) {
 
 func TestSelect(t *testing.T) {
 	all, err := Select(nil)
-	if err != nil || len(all) != 5 {
+	if err != nil || len(all) != 8 {
 		t.Fatalf("all: %d %v", len(all), err)
 	}
 	bs, err := Select([]string{"p3", " P1"})
 	if err != nil || len(bs) != 2 || bs[0].ID != "P3" || bs[1].ID != "P1" {
+		t.Fatalf("selected %v %v", bs, err)
+	}
+	if bs, err := Select([]string{"S1", "s2", "S3"}); err != nil || len(bs) != 3 || bs[2].ID != "S3" {
 		t.Fatalf("selected %v %v", bs, err)
 	}
 	if _, err := Select([]string{"P9"}); err == nil {
@@ -120,5 +124,30 @@ func TestOptionsSamples(t *testing.T) {
 	}
 	if n := (Options{Quick: true, Iterations: 3}).n(500, 100); n != 3 {
 		t.Error(n)
+	}
+}
+
+// Without QEMU or images, S1–S3 are skip rows that say why, and boot nothing.
+func TestSandboxBenchmarksSkip(t *testing.T) {
+	for _, o := range []Options{
+		{QEMUBin: "/nonexistent/qemu", ImagesDir: t.TempDir()},
+		{QEMUBin: "/bin/true", ImagesDir: t.TempDir()},
+	} {
+		rs := Run(context.Background(), o, All[5:])
+		if len(rs) != 4 {
+			t.Fatalf("results %+v", rs)
+		}
+		for i, id := range []string{"S1", "S2a", "S2b", "S3"} {
+			if rs[i].ID != id || rs[i].Verdict != Skip || rs[i].Note == "" {
+				t.Errorf("row %d: %+v", i, rs[i])
+			}
+		}
+	}
+}
+
+func TestCountCells(t *testing.T) {
+	r := Result{Kind: Count, Value: 8, Unit: "sandboxes", Target: AtLeast(100)}.judged()
+	if r.Verdict != Miss || r.FormatValue() != "8 sandboxes" || r.FormatTarget() != "≥ 100 sandboxes" {
+		t.Errorf("%+v %q %q", r, r.FormatValue(), r.FormatTarget())
 	}
 }

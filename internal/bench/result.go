@@ -23,6 +23,8 @@ const (
 	Rate Kind = "rate"
 	// Latency is the Vulcan side's median, in seconds; there is no baseline.
 	Latency Kind = "latency"
+	// Count is how many of something (Unit names them) were reached, e.g. sandboxes.
+	Count Kind = "count"
 )
 
 // Verdict is a Result's outcome against its target.
@@ -82,6 +84,8 @@ type Result struct {
 	Target  Target  `json:"target"`
 	Verdict Verdict `json:"verdict"`
 	Note    string  `json:"note,omitempty"`
+	// Details are further figures of the row for tracking (S2's MB/s, S3's RSS and p99).
+	Details map[string]float64 `json:"details,omitempty"`
 }
 
 // Row identifies a result before it is measured.
@@ -233,6 +237,8 @@ func formatValue(kind Kind, v float64, unit string) string {
 		return formatSeconds(v)
 	case Rate:
 		return sig3(v) + " " + unit
+	case Count:
+		return thousands(int64(math.Round(v))) + " " + unit
 	}
 	return fmt.Sprint(v)
 }

@@ -1,0 +1,181 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vulcanhq/vulcan/internal/api"
+	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/client"
+	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/images"
+	"github.com/vulcanhq/vulcan/internal/microvm"
+	"github.com/vulcanhq/vulcan/internal/microvm/qemu"
+	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/store"
+)
+
+// sandboxPrereq says why sandboxes cannot boot here ("" when they can): the QEMU binary,
+// the kernel and the python rootfs, as P4 needs them.
+func sandboxPrereq(o Options) string {
+	bin := o.QEMUBin
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	if _, err := exec.LookPath(bin); err != nil {
+		return bin + " not found; install it with: apt-get install qemu-system-x86"
+	}
+	for _, f := range []string{images.KernelFile, "rootfs-python.ext4"} {
+		if _, err := os.Stat(filepath.Join(o.ImagesDir, f)); err != nil {
+			return fmt.Sprintf("no %s in %s; run `make images`", f, o.ImagesDir)
+		}
+	}
+	return ""
+}
+
+// sandboxStack is the server as `vulcan serve` wires it for sandboxes: the SQLite store,
+// the real microVM backend (QEMU), the engine, the sandbox service on that backend and
+// the API, served on a loopback port; c is a client of it.
+type sandboxStack struct {
+	URL      string
+	c        *client.Client
+	stateDir string // the backend's VM state dir: empty once every sandbox has stopped
+	sbx      *sandbox.Service
+	close    func()
+}
+
+// benchSandbox is what S1–S3 boot: the python template, 1 vCPU, 256 MiB, no network.
+var benchSandbox = model.SandboxSpec{Template: model.RuntimePython,
+	Resources: model.Resources{CPUs: 1, MemMB: 256}, Network: model.NetworkNone, TimeoutS: 3600}
+
+// startSandboxStack serves up to maxSandboxes sandboxes. The service's vCPU budget is
+// raised to maxSandboxes (serve's default is 4 per host CPU) so S3 can ask for more.
+func startSandboxStack(ctx context.Context, o Options, maxSandboxes int) (_ *sandboxStack, err error) {
+	var undo []func()
+	cleanup := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	dir, err := os.MkdirTemp(o.TempDir, "vsb-") // short: the VMs' unix socket paths are limited
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { os.RemoveAll(dir) })
+	st, err := store.Open(ctx, filepath.Join(dir, "vulcan.db"))
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { st.Close() })
+	// The server's warnings and errors (a boot that failed says why only there) go to
+	// the progress lines.
+	quiet := slog.New(slog.NewTextHandler(logfWriter(o), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	metrics := prometheus.NewRegistry()
+	accel := o.Accel
+	if accel == "" {
+		accel = qemu.AccelTCG
+	}
+	stateDir := filepath.Join(dir, "vms")
+	vms, err := microvm.New(microvm.Config{ImagesDir: o.ImagesDir, StateDir: stateDir, ScratchMB: 2048,
+		BootTimeout: bootTimeout, Logger: quiet, Metrics: metrics},
+		microvm.ResolveDriver(microvm.DriverOptions{VMM: "qemu", QEMUBin: o.QEMUBin, QEMUAccel: accel,
+			Kernel: filepath.Join(o.ImagesDir, images.KernelFile)}))
+	if err != nil {
+		return nil, err
+	}
+	reg := backend.NewRegistry()
+	reg.Register(vms)
+	e, err := engine.New(ctx, engine.Options{Config: engine.Config{MaxConcurrent: 4, QueueSize: 16},
+		Store: st, Registry: reg, Metrics: metrics, Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() {
+		done, cancel := context.WithCancel(context.Background())
+		cancel()
+		e.Shutdown(done)
+	})
+	sbx, err := sandbox.New(ctx, sandbox.Options{
+		Config: sandbox.Config{MaxSandboxes: maxSandboxes, CPUBudget: maxSandboxes,
+			BootTimeout: bootTimeout, Limits: model.Limits{DefaultCPUs: 1, MaxCPUs: 8, DefaultMemMB: 256,
+				MinMemMB: 128, MaxMemMB: 8192, DefaultTimeoutS: 60, MaxTimeoutS: 3600}},
+		Store: st, Launcher: launcher{vms}, Metrics: metrics, Logger: quiet,
+	})
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { sbx.Shutdown(context.Background()) })
+	srv, err := api.New(api.Options{Engine: e, Registry: reg, Sandboxes: sbx, Logger: quiet, Metrics: metrics, Gatherer: metrics})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	hs := &http.Server{Handler: srv}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	undo = append(undo, func() {
+		hs.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			slog.Debug("bench server", "err", err)
+		}
+	})
+	url := "http://" + ln.Addr().String()
+	return &sandboxStack{URL: url, c: client.New(url, ""), stateDir: stateDir, sbx: sbx, close: cleanup}, nil
+}
+
+// Close kills what is left (the service's Shutdown) and removes everything.
+func (s *sandboxStack) Close() { s.close() }
+
+// stopAll kills the sandboxes ids through the API and checks that their VMs left nothing
+// in the backend's state dir.
+func (s *sandboxStack) stopAll(ctx context.Context, ids []string) error {
+	var errs []error
+	for _, id := range ids {
+		if _, err := s.c.KillSandbox(context.WithoutCancel(ctx), id); err != nil {
+			errs = append(errs, fmt.Errorf("kill %s: %w", id, err))
+		}
+	}
+	left, err := os.ReadDir(s.stateDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if len(left) > 0 {
+		errs = append(errs, fmt.Errorf("%d VM state dirs left in %s after stopping every sandbox", len(left), s.stateDir))
+	}
+	return errors.Join(errs...)
+}
+
+// launcher adapts the microVM backend to the sandbox service, as cmd/vulcan does.
+type launcher struct{ b *microvm.Backend }
+
+func (l launcher) Launch(ctx context.Context, id string, spec model.SandboxSpec) (sandbox.Machine, error) {
+	return l.b.StartSandbox(ctx, microvm.VMSpec{ID: id, Template: spec.Template, Resources: spec.Resources,
+		Network: spec.Network, NetworkRules: spec.NetworkRules})
+}
+
+// logfWriter turns the server's log lines into progress lines.
+type logfWriter Options
+
+func (w logfWriter) Write(p []byte) (int, error) {
+	Options(w).logf("server: %s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -173,7 +173,9 @@ func TestCellLayers(t *testing.T) {
 	}
 
 	o.ProbeCell = func() error { return errors.New("vulcan is not root (euid 1000)") }
-	o.Cgroups = func() (string, string, bool, error) { return "", "", false, errors.New("cgroup v2 without the memory controller") }
+	o.Cgroups = func() (string, string, bool, error) {
+		return "", "", false, errors.New("cgroup v2 without the memory controller")
+	}
 	o.Output = func(context.Context, string, ...string) (string, error) { return "QEMU emulator version 7.2.0", nil }
 	r = Run(context.Background(), o)
 	for name, why := range map[string]string{

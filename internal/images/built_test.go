@@ -143,8 +143,12 @@ func TestBuiltImages(t *testing.T) {
 			if inside.Runtime != string(rt) || inside.AgentSHA256 != m.AgentSHA256 || inside.RuntimeVersion != m.RuntimeVersion {
 				t.Errorf("manifest inside %+v disagrees with the one beside %+v", inside, m)
 			}
-			if out := debugfsCmd(t, debugfs, img, "cat /etc/passwd"); !strings.Contains(out, "vulcan:x:1000:1000") {
-				t.Errorf("no unprivileged vulcan user in the image")
+			// Processes run as user (uid 1000, home /home/user: E2B's convention).
+			if out := debugfsCmd(t, debugfs, img, "cat /etc/passwd"); !strings.Contains(out, "user:x:1000:1000:user:/home/user:") {
+				t.Errorf("no unprivileged user (uid 1000, home /home/user) in the image")
+			}
+			if out := debugfsCmd(t, debugfs, img, "stat /etc/shadow"); !strings.Contains(out, "Mode:  0640") {
+				t.Errorf("/etc/shadow is not 0640:\n%s", out)
 			}
 		})
 	}

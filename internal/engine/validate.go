@@ -17,15 +17,10 @@ import (
 	"github.com/vulcanhq/vulcan/internal/network/netrules"
 )
 
-// MaxEnvBytes bounds a spec's environment ("NAME=value" strings with their NULs), and
-// MaxEnvVarBytes one "NAME=value". Linux starts a program only when its arguments and
-// environment fit in a quarter of the stack limit (2 MiB under the default 8 MiB) and each
-// string, NUL included, in 128 KiB: an environment past these could only fail in the
-// guest, after a VM was booted for it. Half the kernel's total leaves room for the
-// variables the guest adds.
+// MaxEnvBytes and MaxEnvVarBytes are model's (shared with sandbox processes).
 const (
-	MaxEnvBytes    = 1 << 20
-	MaxEnvVarBytes = 128<<10 - 1
+	MaxEnvBytes    = model.MaxEnvBytes
+	MaxEnvVarBytes = model.MaxEnvVarBytes
 )
 
 // Validate checks a submitted spec and fills its defaults (isolation auto, network none,
@@ -108,34 +103,9 @@ func validate(spec model.Spec, limits model.Limits) (model.Spec, error) {
 	return spec, nil
 }
 
-// validateEnv checks every variable, and the environment's size as the guest's kernel
-// will count it, in one pass; of several bad names it reports the first in sort order, so
-// the answer does not depend on map order.
 func validateEnv(env map[string]string) error {
-	var bad, why string
-	total := 0
-	for k, v := range env {
-		reason := ""
-		switch n := len(k) + 1 + len(v); {
-		case !envName(k):
-			reason = fmt.Sprintf("env name %q must match [A-Za-z_][A-Za-z0-9_]*", k)
-		case strings.ContainsRune(v, 0):
-			reason = fmt.Sprintf("env %s contains a NUL byte", k)
-		case n > MaxEnvVarBytes:
-			reason = fmt.Sprintf("env %s is %d bytes; one variable may take at most %d", k, n, MaxEnvVarBytes)
-		default:
-			total += n + 1
-		}
-		if reason != "" && (bad == "" || k < bad) {
-			bad, why = k, reason
-		}
-	}
-	switch {
-	case bad != "":
-		return invalid("env."+bad, "%s", why)
-	case total > MaxEnvBytes:
-		return invalid("env", "env takes %d KiB (%d variables); the limit is %d KiB, beyond which a program cannot be started",
-			total>>10, len(env), MaxEnvBytes>>10)
+	if fe := model.CheckEnv(env); fe != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, fe)
 	}
 	return nil
 }
@@ -158,21 +128,6 @@ func largestPart(s *model.Spec) string {
 		field = "env"
 	}
 	return field
-}
-
-func envName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i, c := range s {
-		switch {
-		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
-		case c >= '0' && c <= '9' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // cleanEntrypoint accepts a path to a file below the code's root, in slash form ("main.py",

@@ -14,12 +14,8 @@ import (
 
 var errUnavailable = backend.ErrUnavailable
 
-// Size caps of what a create request may carry.
-const (
-	MaxEnvVars     = 1024
-	MaxEnvBytes    = 1 << 20
-	MaxEnvVarBytes = 128<<10 - 1
-)
+// MaxEnvVars caps the variables of a create request (their sizes: model.CheckEnv).
+const MaxEnvVars = 1024
 
 func invalid(field, format string, args ...any) error {
 	return fmt.Errorf("%w: %w", ErrInvalid, &model.FieldError{Field: field, Reason: fmt.Sprintf(format, args...)})
@@ -79,39 +75,10 @@ func validateEnv(env map[string]string) error {
 	if len(env) > MaxEnvVars {
 		return invalid("env", "env has %d variables; at most %d", len(env), MaxEnvVars)
 	}
-	total := 0
-	for k, v := range env {
-		switch n := len(k) + 1 + len(v); {
-		case !EnvName(k):
-			return invalid("env", "env name %.64q must match [A-Za-z_][A-Za-z0-9_]*", k)
-		case strings.ContainsRune(v, 0):
-			return invalid("env."+k, "env %s contains a NUL byte", k)
-		case n > MaxEnvVarBytes:
-			return invalid("env."+k, "env %s is %d bytes; one variable may take at most %d", k, n, MaxEnvVarBytes)
-		default:
-			total += n + 1
-		}
-	}
-	if total > MaxEnvBytes {
-		return invalid("env", "env takes %d KiB; the limit is %d KiB", total>>10, MaxEnvBytes>>10)
+	if fe := model.CheckEnv(env); fe != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, fe)
 	}
 	return nil
-}
-
-// EnvName reports whether s is a portable environment variable name.
-func EnvName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i, c := range s {
-		switch {
-		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
-		case c >= '0' && c <= '9' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 func validateMetadata(m map[string]string) error {

@@ -201,7 +201,9 @@ func TestSandboxTerminal(t *testing.T) {
 	if exit == nil || exit.ExitCode == nil || *exit.ExitCode != 5 {
 		t.Fatalf("exit %+v; screen %q", exit, screen.String())
 	}
-	for _, want := range []string{"got:hello", "40 120"} {
+	// Lines end with CR LF on a terminal: the relay keeps the newline the agent's
+	// messages leave out (without it every line overwrote the first row).
+	for _, want := range []string{"got:hello\r\n", "40 120"} {
 		if !strings.Contains(screen.String(), want) {
 			t.Errorf("screen lacks %q: %q", want, screen.String())
 		}

@@ -305,3 +305,35 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// A server that stops kills its sandboxes (each stored killed, its VM stopped) and refuses
+// new ones; a boot in flight fails rather than leaving a VM behind.
+func TestShutdownKillsLiveSandboxes(t *testing.T) {
+	l := &fakeLauncher{t: t}
+	s, st := newService(t, Config{}, l, "")
+	ctx := context.Background()
+	var ids []string
+	for range 3 {
+		sb, err := s.Create(ctx, model.SandboxSpec{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sb.ID)
+	}
+	s.Shutdown(ctx)
+	for i, id := range ids {
+		got, err := st.GetSandbox(ctx, id)
+		if err != nil || got.State != model.SandboxKilled || !strings.Contains(got.Error, "shut down") {
+			t.Errorf("after shutdown: %+v %v", got, err)
+		}
+		if l.started[i].stopped != 1 {
+			t.Errorf("sandbox %d: VM stopped %d times", i, l.started[i].stopped)
+		}
+	}
+	if _, err := s.Create(ctx, model.SandboxSpec{}); !errors.Is(err, ErrShuttingDown) {
+		t.Fatalf("create after shutdown: %v", err)
+	}
+	if s.Load().Live != 0 {
+		t.Fatalf("live after shutdown: %+v", s.Load())
+	}
+}

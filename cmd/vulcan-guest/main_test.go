@@ -25,8 +25,9 @@ var allowedDeps = []string{
 	"github.com/vulcanhq/vulcan/internal/version",
 	"github.com/mdlayher/vsock",
 	"github.com/mdlayher/socket",
-	"github.com/hashicorp/yamux", // sandbox sessions (internal/protocol/mux.go)
-	"github.com/creack/pty",      // session processes on a terminal
+	"github.com/hashicorp/yamux",   // sandbox sessions (internal/protocol/mux.go)
+	"github.com/creack/pty",        // session processes on a terminal
+	"github.com/fsnotify/fsnotify", // directory watches (inotify)
 	"golang.org/x/sys/",
 	"golang.org/x/net/",
 	"golang.org/x/sync/",

@@ -25,7 +25,7 @@ func sandboxCommand() *cobra.Command {
 		Aliases: []string{"sb"},
 		Short:   "Create, list, inspect and kill sandboxes (long-lived microVMs)",
 	}
-	cmd.AddCommand(sandboxCreateCommand(), sandboxListCommand(), sandboxInfoCommand(), sandboxKillCommand(), sandboxTimeoutCommand())
+	cmd.AddCommand(sandboxCreateCommand(), sandboxListCommand(), sandboxInfoCommand(), sandboxKillCommand(), sandboxTimeoutCommand(), sandboxWatchCommand())
 	return cmd
 }
 
@@ -371,4 +371,25 @@ func remotePath(s string) (id, p string, remote bool) {
 		return "", s, false
 	}
 	return s[:i], s[i+1:], true
+}
+
+func sandboxWatchCommand() *cobra.Command {
+	var recursive bool
+	cmd := &cobra.Command{
+		Use:   "watch ID PATH",
+		Short: "Print a sandbox directory's changes as they happen (op and path per line) until interrupted",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := newClient(cmd)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			return c.Watch(cmd.Context(), args[0], args[1], recursive, func(ev api.FSEvent) {
+				fmt.Fprintf(out, "%s\t%s\n", ev.Op, ev.Path)
+			})
+		},
+	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "watch subdirectories too (those made later included)")
+	return cmd
 }

@@ -121,6 +121,7 @@ func (s *Server) sandboxRoutes(r chi.Router) {
 	r.Post("/sandboxes/{id}/fs/mkdir", s.fsMkdir)
 	r.Post("/sandboxes/{id}/fs/move", s.fsMove)
 	r.Delete("/sandboxes/{id}/fs", s.fsRemove)
+	r.Get("/sandboxes/{id}/fs/watch", s.fsWatch)
 }
 
 // sandboxes returns the service, or answers 503 when this server has none.
@@ -716,4 +717,110 @@ func (s *Server) fsRemove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.unary(w, r, &protocol.Request{Op: protocol.OpFSRemove, Path: path, User: user}, func(*protocol.Response) any { return map[string]bool{"ok": true} })
+}
+
+// FSEvent is one change seen by a directory watch.
+type FSEvent struct {
+	Op   string `json:"op"` // create | write | remove | rename | chmod
+	Path string `json:"path"`
+}
+
+// fsWatch streams a directory's changes as Server-Sent Events ("fs" events, heartbeats
+// as comments) until the client goes away. A watch the guest ends (the directory was
+// removed, the kernel's queue overflowed) ends with an "error" event saying why.
+func (s *Server) fsWatch(w http.ResponseWriter, r *http.Request) {
+	svc := s.sandboxes(w, r)
+	if svc == nil {
+		return
+	}
+	path, err := pathParam(r, "path")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	user, err := fileUser(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	recursive := false
+	if v := r.URL.Query().Get("recursive"); v != "" {
+		if recursive, err = strconv.ParseBool(v); err != nil {
+			s.writeError(w, r, fmt.Errorf("%w: %w", sandbox.ErrInvalid, &model.FieldError{Field: "recursive", Reason: "recursive must be true or false"}))
+			return
+		}
+	}
+	wt, _, err := svc.Watch(r.Context(), chi.URLParam(r, "id"), path, user, recursive)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer wt.Close()
+	go func() { <-r.Context().Done(); wt.Close() }()
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriter(w)
+	flush := func() error {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	bw.WriteString(": watching\n\n")
+	if flush() != nil {
+		return
+	}
+	type item struct {
+		ev  *protocol.FSEvent
+		err error
+	}
+	events := make(chan item, 64)
+	go func() {
+		defer close(events)
+		for {
+			ev, err := wt.Next()
+			events <- item{ev, err}
+			if err != nil || ev.Op == protocol.FSError {
+				return
+			}
+		}
+	}()
+	heartbeat := time.NewTicker(s.o.Heartbeat)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-heartbeat.C:
+			bw.WriteString(": heartbeat\n\n")
+		case it, ok := <-events:
+			switch {
+			case !ok:
+				return
+			case it.err != nil:
+				if r.Context().Err() == nil {
+					writeEvent(bw, "error", "", ErrorDetail{Code: "watch_ended", Message: "the watch ended with the sandbox (or its agent broke the stream)"})
+					flush()
+				}
+				return
+			case it.ev.Op == protocol.FSError:
+				writeEvent(bw, "error", "", ErrorDetail{Code: "watch_ended", Message: it.ev.Error})
+				flush()
+				return
+			default:
+				writeEvent(bw, "fs", "", FSEvent{Op: it.ev.Op, Path: it.ev.Path})
+			}
+			if len(events) > 0 && bw.Buffered() < 32<<10 {
+				continue
+			}
+		}
+		if flush() != nil {
+			return
+		}
+	}
 }

@@ -264,3 +264,78 @@ func TestProcessStreamEndsWithErrorWhenSandboxKilled(t *testing.T) {
 		t.Fatalf("exec after the sandbox was killed: %v", err)
 	}
 }
+
+// A directory watch over SSE: changes made through the API arrive as fs events with
+// absolute paths (a recursive watch sees a new subdirectory's files); a missing
+// directory is a 404 before any stream; killing the sandbox ends the stream with an
+// error event.
+func TestSandboxWatchOverSSE(t *testing.T) {
+	ts := sandboxServer(t)
+	_, body := ts.do(t, http.MethodPost, "/v1/sandboxes", map[string]any{})
+	sb := decode[api.Sandbox](t, body)
+	if resp, body := ts.do(t, http.MethodGet, "/v1/sandboxes/"+sb.ID+"/fs/watch?path=nope", nil); resp.StatusCode != 404 || !strings.Contains(string(body), `"error"`) {
+		t.Fatalf("watching a missing dir: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := ts.do(t, http.MethodGet, "/v1/sandboxes/"+sb.ID+"/fs/watch?path=~&recursive=maybe", nil); resp.StatusCode != 400 {
+		t.Fatalf("bad recursive: %d", resp.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+"/v1/sandboxes/"+sb.ID+"/fs/watch?path=~&recursive=true", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("watch: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	// Events as they arrive (readSSE returns only at the stream's end).
+	events := make(chan sseEvent, 256)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(resp.Body)
+		var cur sseEvent
+		for sc.Scan() {
+			switch line := sc.Text(); {
+			case line == "" && cur != (sseEvent{}):
+				events <- cur
+				cur = sseEvent{}
+			case strings.HasPrefix(line, "event: "):
+				cur.event = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				cur.data = line[6:]
+			}
+		}
+	}()
+	if r, body := ts.do(t, http.MethodPost, "/v1/sandboxes/"+sb.ID+"/fs/mkdir", map[string]any{"path": "proj/src"}); r.StatusCode != 200 {
+		t.Fatalf("mkdir: %d %s", r.StatusCode, body)
+	}
+	evs := execNDJSON(t, ts, sb.ID, api.ProcessRequest{Cmd: "echo hi > proj/src/main.py && pwd"})
+	home, _ := stdoutOf(evs)
+	home = strings.TrimSpace(home)
+	want := map[string]bool{home + "/proj": false, home + "/proj/src": false, home + "/proj/src/main.py": false}
+	var fs []api.FSEvent
+	for missing := len(want); missing > 0; {
+		ev, ok := <-events
+		if !ok || ev.event != "fs" {
+			t.Fatalf("stream ended (%+v) before every change was reported: %+v", ev, fs)
+		}
+		e := decode[api.FSEvent](t, []byte(ev.data))
+		fs = append(fs, e)
+		if seen, ok := want[e.Path]; ok && !seen && e.Op == "create" {
+			want[e.Path] = true
+			missing--
+		}
+	}
+	ts.do(t, http.MethodDelete, "/v1/sandboxes/"+sb.ID, nil)
+	var ended *sseEvent
+	for ev := range events {
+		if ev.event == "error" {
+			ended = &ev
+		}
+	}
+	if ended == nil || !strings.Contains(ended.data, "watch_ended") {
+		t.Errorf("the stream did not end with an error event after the kill: %+v", ended)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/model"
@@ -147,4 +148,51 @@ func (c *Client) ListDir(ctx context.Context, id, path string, depth int) ([]pro
 		Entries []protocol.FileInfo `json:"entries"`
 	}
 	return out.Entries, c.do(ctx, http.MethodGet, sandboxPath(id, fmt.Sprintf("/fs?path=%s&depth=%d", url.QueryEscape(path), depth)), nil, &out)
+}
+
+// Watch watches a directory of a sandbox and calls fn for each change until ctx ends
+// (nil error) or the watch ends (the error says why).
+func (c *Client) Watch(ctx context.Context, id, path string, recursive bool, fn func(api.FSEvent)) error {
+	q := fmt.Sprintf("/fs/watch?path=%s&recursive=%t", url.QueryEscape(path), recursive)
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+sandboxPath(id, q), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.send(hr)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 16<<10), 1<<20)
+	var event, data string
+	for sc.Scan() {
+		switch line := sc.Text(); {
+		case line == "":
+			switch event {
+			case "fs":
+				var ev api.FSEvent
+				if err := json.Unmarshal([]byte(data), &ev); err != nil {
+					return fmt.Errorf("watch stream: %w", err)
+				}
+				fn(ev)
+			case "error":
+				var e api.ErrorDetail
+				json.Unmarshal([]byte(data), &e)
+				return fmt.Errorf("watch ended: %s", e.Message)
+			}
+			event, data = "", ""
+		case strings.HasPrefix(line, "event: "):
+			event = line[len("event: "):]
+		case strings.HasPrefix(line, "data: "):
+			data = line[len("data: "):]
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("watch stream: %w", err)
+	}
+	return fmt.Errorf("the watch stream ended without saying why")
 }

@@ -122,6 +122,8 @@ func (a *Agent) handle(agentCtx, ctx context.Context, req *protocol.Request, st 
 		}
 		err = a.fileOp(req, st)
 		<-a.sess.fsSem
+	case protocol.OpFSWatch:
+		err = a.fsWatch(ctx, req, st)
 	case protocol.OpExec:
 		err = a.sessionExec(ctx, req, st)
 	case protocol.OpMetrics:

@@ -93,6 +93,28 @@ func runSandboxConformance(t *testing.T, h *harness) {
 			}
 		})
 
+		t.Run("watch", func(t *testing.T) {
+			// inotify in the guest's kernel, as the user: a recursive watch sees a file
+			// made by a process in a directory made after the watch began.
+			st, resp, err := sess.Open(ctx, &protocol.Request{Op: protocol.OpFSWatch, Path: "~", Recursive: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			runProc(t, sess, protocol.ProcessSpec{Shell: "mkdir -p w/a/b && echo x > w/a/b/f.txt"})
+			want := resp.Info.Path + "/w/a/b/f.txt"
+			st.SetReadDeadline(time.Now().Add(30 * time.Second))
+			for {
+				ev, err := st.Event()
+				if err != nil {
+					t.Fatalf("watch ended before %s was reported: %v", want, err)
+				}
+				if ev.FS != nil && ev.FS.Op == protocol.FSCreate && ev.FS.Path == want {
+					break
+				}
+			}
+		})
+
 		t.Run("files", func(t *testing.T) {
 			data := make([]byte, 2<<20+3)
 			rand.Read(data)

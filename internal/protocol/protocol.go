@@ -196,8 +196,17 @@ func (m *Message) Validate() error {
 		want = m.Event != nil
 		if want {
 			e := m.Event
-			if (e.Output == nil) == (e.Exit == nil) {
-				return fmt.Errorf("%w: event carries %s", ErrMalformed, "not exactly one of output and exit")
+			n := 0
+			for _, set := range []bool{e.Output != nil, e.Exit != nil, e.FS != nil} {
+				if set {
+					n++
+				}
+			}
+			if n != 1 {
+				return fmt.Errorf("%w: event carries %s", ErrMalformed, "not exactly one of output, exit and fs")
+			}
+			if f := e.FS; f != nil && (len(f.Path) > 4096 || len(f.Error) > 4096) {
+				return fmt.Errorf("%w: fs event of %d path bytes", ErrMalformed, len(f.Path))
 			}
 			if o := e.Output; o != nil && o.Stream != Stdout && o.Stream != Stderr && o.Stream != PTY {
 				return fmt.Errorf("%w: output stream %.16q", ErrMalformed, o.Stream)

@@ -17,6 +17,8 @@ package protocol
 //     - fs.read: the file's raw bytes, then the guest closes the stream;
 //     - fs.write: the host sends the raw bytes and half-closes its side; the guest then
 //       writes a second TypeResponse (the written file's Info, or Error) and closes;
+//     - fs.watch: TypeEvent frames (FS) until the host closes the stream, or one FS event
+//       with Op "error" ends the watch;
 //     - everything else: nothing; the guest closes the stream.
 //
 // The guest is hostile: the host caps every frame it reads (SessionFrameSize on a session
@@ -49,6 +51,7 @@ const (
 	OpFSMkdir       = "fs.mkdir"       // Path → Response{Info}; parents made; an existing dir is fine
 	OpFSMove        = "fs.move"        // Path, To → Response{Info of To}
 	OpFSRemove      = "fs.remove"      // Path → Response{}; recursive; a missing path is ErrCodeNotFound
+	OpFSWatch       = "fs.watch"       // Path (a directory), Recursive → Response{Info}, then FS events
 	OpMetrics       = "sys.metrics"    // → Response{Metrics}
 	// OpExec runs a one-shot workload (Exec: code or archive, runtime, stdin, limits —
 	// what an exec message carries) → Response{}, then events (Output…, Exit). The host
@@ -80,6 +83,9 @@ type Request struct {
 	User  string `json:"user,omitempty"`
 	Mode  uint32 `json:"mode,omitempty"`  // fs.write (default 0644) and fs.mkdir (default 0755); permission bits
 	Depth int    `json:"depth,omitempty"` // fs.list: 1 lists the dir's own entries (the default)
+	// Recursive watches the directory's subdirectories too, those made later included
+	// (fs.watch).
+	Recursive bool `json:"recursive,omitempty"`
 }
 
 // ProcessSpec is a process to start.
@@ -180,8 +186,31 @@ type Metrics struct {
 	TimestampMS int64   `json:"timestamp_unix_ms"`
 }
 
-// Event is a process's output or its end. Output.Seq is per process.
+// Event is a process's output or its end (Output.Seq is per process), or a change seen
+// by a watch.
 type Event struct {
-	Output *Output `json:"output,omitempty"`
-	Exit   *Exit   `json:"exit,omitempty"`
+	Output *Output  `json:"output,omitempty"`
+	Exit   *Exit    `json:"exit,omitempty"`
+	FS     *FSEvent `json:"fs,omitempty"`
+}
+
+// FS event ops. A watch reports what inotify reports, one event per change; a rename
+// is a FSRename of the old name and a FSCreate of the new one (where it lands inside the
+// watch).
+const (
+	FSCreate = "create"
+	FSWrite  = "write"
+	FSRemove = "remove"
+	FSRename = "rename"
+	FSChmod  = "chmod"
+	// FSError ends a watch: Error says why (the watched directory went away, the
+	// kernel's event queue overflowed, too many directories to watch).
+	FSError = "error"
+)
+
+// FSEvent is one change under a watched directory.
+type FSEvent struct {
+	Op    string `json:"op"`
+	Path  string `json:"path,omitempty"` // absolute
+	Error string `json:"error,omitempty"`
 }

@@ -15,7 +15,7 @@ import (
 var Ops = []string{
 	protocol.OpProcessStart, protocol.OpProcessAttach, protocol.OpProcessList, protocol.OpProcessSignal,
 	protocol.OpProcessStdin, protocol.OpProcessResize, protocol.OpFSRead, protocol.OpFSWrite, protocol.OpFSList,
-	protocol.OpFSStat, protocol.OpFSMkdir, protocol.OpFSMove, protocol.OpFSRemove, protocol.OpMetrics,
+	protocol.OpFSStat, protocol.OpFSMkdir, protocol.OpFSMove, protocol.OpFSRemove, protocol.OpFSWatch, protocol.OpMetrics,
 }
 
 // unary are the ops with nothing after their response.
@@ -173,6 +173,53 @@ func (s *Service) WriteFile(ctx context.Context, id, path, user string, mode uin
 	}
 	return resp.Info, nil
 }
+
+// Watch watches a directory of a running sandbox (recursive: its subdirectories too).
+// Read the returned stream with NextFSEvent; closing it ends the watch.
+func (s *Service) Watch(ctx context.Context, id, path, user string, recursive bool) (*Watch, *protocol.FileInfo, error) {
+	sess, _, err := s.Session(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	start := time.Now()
+	st, resp, err := sess.Open(ctx, &protocol.Request{Op: protocol.OpFSWatch, Path: path, User: user, Recursive: recursive})
+	s.m.Op.WithLabelValues(protocol.OpFSWatch).Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, nil, opErr(err)
+	}
+	if resp.Info == nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("sandbox %s: the guest answered a watch without the directory's info", id)
+	}
+	return &Watch{st: st}, resp.Info, nil
+}
+
+// Watch is a directory watch's stream of changes.
+type Watch struct{ st *protocol.Stream }
+
+// Next returns the next change. An FSError event ends the watch (Next then returns
+// io.EOF); so does the sandbox ending.
+func (w *Watch) Next() (*protocol.FSEvent, error) {
+	ev, err := w.st.Event()
+	if err != nil {
+		return nil, err
+	}
+	if ev.FS == nil {
+		return nil, fmt.Errorf("%w: a watch sent a non-fs event", protocol.ErrUnexpected)
+	}
+	switch ev.FS.Op {
+	case protocol.FSCreate, protocol.FSWrite, protocol.FSRemove, protocol.FSRename, protocol.FSChmod, protocol.FSError:
+	default:
+		return nil, fmt.Errorf("%w: fs event op %.16q", protocol.ErrUnexpected, ev.FS.Op)
+	}
+	return ev.FS, nil
+}
+
+// SetReadDeadline bounds the wait for the next event.
+func (w *Watch) SetReadDeadline(t time.Time) error { return w.st.SetReadDeadline(t) }
+
+// Close ends the watch.
+func (w *Watch) Close() error { return w.st.Close() }
 
 // ErrTooLarge: a request body over a cap.
 var ErrTooLarge = errors.New("too large")

@@ -75,8 +75,25 @@ run: build images
 vet-other-os:
 	GOOS=darwin $(GO) vet ./...
 
-test: vet-other-os test-deps build images
-	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
+# Go code for E2B's envd services from our .proto files (the generated files are
+# committed; run this after editing a .proto). Needs protoc (apt: protobuf-compiler) and
+# the two plugins, which `go install` fetches at the versions go.mod pins.
+.PHONY: proto
+proto:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go
+	$(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go
+	PATH=$$($(GO) env GOPATH)/bin:$$PATH protoc -I internal/e2b/envd/proto --go_out=. --go_opt=module=github.com/vulcanhq/vulcan \
+		--connect-go_out=. --connect-go_opt=module=github.com/vulcanhq/vulcan \
+		internal/e2b/envd/proto/process/process.proto internal/e2b/envd/proto/filesystem/filesystem.proto
+
+# The official E2B SDK (npm, pinned by internal/e2b/testdata/sdk/package-lock.json) in a
+# cache dir, for the E2B compatibility tests.
+.PHONY: e2b-sdk
+e2b-sdk:
+	@scripts/e2b-sdk.sh >/dev/null
+
+test: vet-other-os test-deps build images e2b-sdk
+	VULCAN_IMAGES_DIR=$(VULCAN_IMAGES_DIR) VULCAN_BIN_DIR=$(BIN) VULCAN_E2B_SDK=$$(scripts/e2b-sdk.sh) $(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
 # Fuzz every decoder of hostile bytes for a fixed budget each (`make test` runs a short

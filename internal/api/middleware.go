@@ -14,6 +14,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/vulcanhq/vulcan/internal/e2b"
 )
 
 // MaxHeaderBytes bounds a request's line and headers; past it the answer is a JSON 431.
@@ -142,7 +144,13 @@ func (s *Server) guard(next http.Handler) http.Handler {
 				errOrigin, clip(r.Header.Get("Origin"), 256)))
 			return
 		}
-		if r.ContentLength != 0 { // a body, of known length or chunked
+		if r.ContentLength != 0 && e2b.IsEnvd(r) {
+			// A sandbox daemon call: Connect's content types, multipart and raw uploads.
+			// A browser sends a custom header (E2b-Sandbox-Id, X-Access-Token) cross-site
+			// only after a preflight this server never grants, and envd checks the
+			// sandbox's access token first.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.o.BodyTimeout))
+		} else if r.ContentLength != 0 { // a body, of known length or chunked
 			// application/octet-stream (file uploads) needs a CORS preflight too, like JSON.
 			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" && !(mt == "application/octet-stream" && rawBody(r)) {
 				s.writeError(w, r, fmt.Errorf("%w: request bodies must be JSON, sent with Content-Type: application/json (got %q)",

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/e2b"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
@@ -73,6 +74,8 @@ type Server struct {
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+
+	e2b *e2b.Server // nil without sandboxes
 }
 
 // New builds the router.
@@ -107,8 +110,14 @@ func New(o Options) (*Server, error) {
 		}
 	}
 
+	if o.Sandboxes != nil {
+		cfg := o.Engine.Config()
+		s.e2b = e2b.New(e2b.Options{Sandboxes: o.Sandboxes, Token: o.Token, Logger: o.Logger,
+			OutputLimit: int64(cfg.OutputLimit), LineLimit: int64(cfg.OutputLineLimit)})
+	}
+
 	r := chi.NewRouter()
-	r.Use(s.instrument, s.recoverer, s.guard)
+	r.Use(s.instrument, s.recoverer, s.guard, s.e2bDispatch)
 	r.NotFound(s.noRoute)
 	r.MethodNotAllowed(s.methodNotAllowed)
 	r.Get("/healthz", s.healthz)
@@ -141,6 +150,24 @@ func New(o Options) (*Server, error) {
 	}
 	s.router = r
 	return s, nil
+}
+
+// e2bDispatch hands E2B's calls to the E2B server before routing: a sandbox daemon call
+// (named by its E2b-Sandbox-Id header) and the control plane (/v2/sandboxes, and
+// /sandboxes when the SDK's X-API-KEY is present, since the dashboard's pages live at
+// /sandboxes too). See package e2b.
+func (s *Server) e2bDispatch(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case s.e2b == nil || (!e2b.IsEnvd(r) && !e2b.IsControlPlane(r)):
+			next.ServeHTTP(w, r)
+		case e2b.IsEnvd(r):
+			chi.RouteContext(r.Context()).RoutePatterns = []string{"e2b-envd"}
+			s.e2b.Envd().ServeHTTP(w, r)
+		default:
+			s.e2b.ControlPlane().ServeHTTP(w, r)
+		}
+	})
 }
 
 // ServeHTTP implements http.Handler.

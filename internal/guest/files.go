@@ -23,6 +23,10 @@ import (
 
 const copyChunk = 256 << 10
 
+// writeTempPrefix names the temporary file an fs.write fills before renaming it into
+// place; watches do not report it (the rename shows as the file's create).
+const writeTempPrefix = ".vulcan-write-"
+
 func (a *Agent) fileOp(req *protocol.Request, st net.Conn) *protocol.OpError {
 	u, e := a.sessionUser(req.User)
 	if e != nil {
@@ -188,7 +192,7 @@ func fsWrite(u sessUser, p string, mode uint32, st net.Conn) *protocol.OpError {
 		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 			return err
 		}
-		tmp, err = os.CreateTemp(filepath.Dir(target), ".vulcan-write-*")
+		tmp, err = os.CreateTemp(filepath.Dir(target), writeTempPrefix+"*")
 		return err
 	})
 	if err != nil {

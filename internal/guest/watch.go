@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -106,7 +107,7 @@ func (a *Agent) fsWatch(ctx context.Context, req *protocol.Request, st net.Conn)
 				return nil
 			}
 			op := fsOp(ev.Op)
-			if op == "" {
+			if op == "" || strings.HasPrefix(filepath.Base(ev.Name), writeTempPrefix) {
 				continue
 			}
 			if op == protocol.FSCreate && ws.recursive {

@@ -19,6 +19,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/e2b/envd/filesystem/filesystemconnect"
 	"github.com/vulcanhq/vulcan/internal/e2b/envd/process"
 	"github.com/vulcanhq/vulcan/internal/e2b/envd/process/processconnect"
+	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/protocol"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 )
@@ -68,6 +69,16 @@ func (s *Server) envdHandler() http.Handler {
 			return
 		default:
 			writeError(w, http.StatusBadGateway, "reaching port %.16q inside a sandbox is not supported by this Vulcan server yet", port)
+			return
+		}
+		// A sandbox that is not running has no daemon: 502, as E2B's proxy answers
+		// (the SDKs take it for "the sandbox is gone").
+		if sb, err := s.o.Sandboxes.Get(r.Context(), id); err != nil || sb.State != model.SandboxRunning {
+			why := "not found"
+			if err == nil {
+				why = "not running (" + string(sb.State) + ")"
+			}
+			writeError(w, http.StatusBadGateway, "sandbox %s is %s", raw, why)
 			return
 		}
 		if !s.tokenOK(id, r.Header.Get("X-Access-Token")) {

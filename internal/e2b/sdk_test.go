@@ -67,15 +67,20 @@ func sdkDir(t *testing.T) string {
 	return dir
 }
 
-// RunSDK runs the official SDK's script against url and returns its check lines.
-func RunSDK(t *testing.T, url, key, template string) {
+// SDKModules are the pinned SDK versions: 2.51 creates with POST /v2/sandboxes, 2.50
+// with POST /sandboxes.
+var SDKModules = []string{"e2b", "e2b-2.50"}
+
+// RunSDK runs the official SDK's script (module: one of SDKModules) against url and
+// fails t with each check that failed.
+func RunSDK(t *testing.T, module, url, key, template string) {
 	t.Helper()
 	dir := sdkDir(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "sdk_test.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "E2B_API_URL="+url, "E2B_SANDBOX_URL="+url, "E2B_API_KEY="+key, "TEMPLATE="+template,
+	cmd.Env = append(os.Environ(), "E2B_API_URL="+url, "E2B_SANDBOX_URL="+url, "E2B_API_KEY="+key, "TEMPLATE="+template, "E2B_MODULE="+module,
 		"E2B_DOMAIN=vulcan.invalid") // nothing may leave loopback: a URL the SDK built itself would not resolve
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -105,7 +110,9 @@ func TestOfficialSDK(t *testing.T) {
 		t.Skip("node is not installed")
 	}
 	s := e2bServer(t, "sekret")
-	RunSDK(t, s.Server.URL, "sekret", "python")
+	for _, m := range SDKModules {
+		t.Run(m, func(t *testing.T) { RunSDK(t, m, s.Server.URL, "sekret", "python") })
+	}
 }
 
 // TestControlPlaneEdges: what the SDK does not send (wrong keys, malformed bodies,
@@ -178,7 +185,7 @@ func TestControlPlaneEdges(t *testing.T) {
 		status int
 	}{
 		{[]string{"E2b-Sandbox-Id", id, "X-Access-Token", "wrong"}, 401},
-		{[]string{"E2b-Sandbox-Id", "01hzzzzzzzzzzzzzzzzzzzzzzz", "X-Access-Token", token}, 401},
+		{[]string{"E2b-Sandbox-Id", "01hzzzzzzzzzzzzzzzzzzzzzzz", "X-Access-Token", token}, 502},
 		{[]string{"E2b-Sandbox-Id", "bogus", "X-Access-Token", token}, 502},
 		{[]string{"E2b-Sandbox-Id", id, "X-Access-Token", token, "E2b-Sandbox-Port", "8080"}, 502},
 		{[]string{"E2b-Sandbox-Id", id, "X-Access-Token", token, "Authorization", "Basic " + "bm9ib2R5Og=="}, 401}, // nobody:
@@ -204,10 +211,12 @@ func TestControlPlaneEdges(t *testing.T) {
 	if status, _ := do("DELETE", "/sandboxes/"+id, "sekret", ""); status != 204 {
 		t.Errorf("kill: %d", status)
 	}
-	if status, _ := do("GET", "/health", "", "", hdr...); status != 204 {
-		// /health answers for the daemon, which a killed sandbox no longer has: the
-		// process routes below say so.
-		t.Logf("health after kill: %d", status)
+	// A killed sandbox's daemon is gone: every envd call is a 502.
+	if status, body := do("GET", "/health", "", "", hdr...); status != 502 || !strings.Contains(body, "killed") {
+		t.Errorf("health after kill: %d %s", status, body)
+	}
+	if status, _ := do("POST", "/process.Process/List", "", "{}", append(hdr, "Content-Type", "application/json")...); status != 502 {
+		t.Errorf("List after kill: %d", status)
 	}
 }
 

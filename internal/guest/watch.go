@@ -189,7 +189,7 @@ func (ws *watchSet) addTree(dir string) ([]string, error) {
 				}
 				return nil // unreadable subtrees are the user's to see or not
 			}
-			if p != dir && len(found) < maxWatchDirs {
+			if p != dir && len(found) < maxWatchDirs && !strings.HasPrefix(d.Name(), writeTempPrefix) {
 				found = append(found, p)
 			}
 			if !d.IsDir() || ws.dirs[p] {

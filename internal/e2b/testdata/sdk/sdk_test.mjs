@@ -3,9 +3,10 @@
 // Each check prints "ok NAME" or "FAIL NAME: why"; the exit code is the failure count.
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
-import {
+// E2B_MODULE picks the SDK: "e2b" (2.51, POST /v2/sandboxes) or "e2b-2.50" (POST /sandboxes).
+const {
   Sandbox, CommandExitError, TimeoutError, NotFoundError, SandboxError, FileNotFoundError,
-} from 'e2b'
+} = await import(process.env.E2B_MODULE || 'e2b')
 
 const template = process.env.TEMPLATE || 'python'
 let failures = 0
@@ -22,6 +23,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 const sha = (b) => createHash('sha256').update(b).digest('hex')
 
 const tag = randomBytes(4).toString('hex')
+// Scratch under /tmp is per run: the Go test's sandboxes share the host's /tmp.
+const T = `/tmp/e2b-${tag}`
 const sbx = await Sandbox.create(template, { timeoutMs: 120_000, metadata: { suite: tag, who: 'a b&c' }, envs: { SBX_ENV: 'from-create' } })
 const other = await Sandbox.create(template, { metadata: { suite: tag } })
 
@@ -137,16 +140,16 @@ await check('files: write/read text, bytes, stream; exists; getInfo', async () =
   assert.match(info.path, /notes\/a\.txt$/)
   assert.equal(await sbx.files.read('notes/a.txt'), 'hello\n')
   const big = randomBytes(5 * 1024 * 1024 + 7)
-  await sbx.files.write('/tmp/big.bin', big)
-  const back = await sbx.files.read('/tmp/big.bin', { format: 'bytes' })
+  await sbx.files.write(`${T}/big.bin`, big)
+  const back = await sbx.files.read(`${T}/big.bin`, { format: 'bytes' })
   assert.equal(sha(back), sha(big))
-  const stream = await sbx.files.read('/tmp/big.bin', { format: 'stream' })
+  const stream = await sbx.files.read(`${T}/big.bin`, { format: 'stream' })
   const parts = []
   for await (const c of stream) parts.push(c)
   assert.equal(sha(Buffer.concat(parts)), sha(big))
   const rs = new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode('streamed')); c.close() } })
-  await sbx.files.write('/tmp/s.txt', rs)
-  assert.equal(await sbx.files.read('/tmp/s.txt'), 'streamed')
+  await sbx.files.write(`${T}/s.txt`, rs)
+  assert.equal(await sbx.files.read(`${T}/s.txt`), 'streamed')
   assert.equal(await sbx.files.exists('notes/a.txt'), true)
   assert.equal(await sbx.files.exists('notes/none.txt'), false)
   const st = await sbx.files.getInfo('notes/a.txt')
@@ -155,32 +158,32 @@ await check('files: write/read text, bytes, stream; exists; getInfo', async () =
 })
 
 await check('files: multi-file write', async () => {
-  const infos = await sbx.files.write([{ path: '/tmp/m/1.txt', data: 'one' }, { path: '/tmp/m/2.txt', data: 'two' }])
-  assert.deepEqual(infos.map((i) => i.path), ['/tmp/m/1.txt', '/tmp/m/2.txt'])
-  assert.equal(await sbx.files.read('/tmp/m/2.txt'), 'two')
+  const infos = await sbx.files.write([{ path: `${T}/m/1.txt`, data: 'one' }, { path: `${T}/m/2.txt`, data: 'two' }])
+  assert.deepEqual(infos.map((i) => i.path), [`${T}/m/1.txt`, `${T}/m/2.txt`])
+  assert.equal(await sbx.files.read(`${T}/m/2.txt`), 'two')
 })
 
 await check('files: makeDir, list, rename, remove, missing', async () => {
-  assert.equal(await sbx.files.makeDir('/tmp/d/e'), true)
-  assert.equal(await sbx.files.makeDir('/tmp/d/e'), false)
-  await sbx.files.write('/tmp/d/e/f.txt', 'f')
-  const list = await sbx.files.list('/tmp/d')
+  assert.equal(await sbx.files.makeDir(`${T}/d/e`), true)
+  assert.equal(await sbx.files.makeDir(`${T}/d/e`), false)
+  await sbx.files.write(`${T}/d/e/f.txt`, 'f')
+  const list = await sbx.files.list(`${T}/d`)
   assert.deepEqual(list.map((e) => [e.name, e.type]), [['e', 'dir']])
-  const deep = await sbx.files.list('/tmp/d', { depth: 2 })
+  const deep = await sbx.files.list(`${T}/d`, { depth: 2 })
   assert.ok(deep.some((e) => e.name === 'f.txt' && e.type === 'file'))
-  const moved = await sbx.files.rename('/tmp/d/e/f.txt', '/tmp/d/g.txt')
-  assert.equal(moved.path, '/tmp/d/g.txt')
-  await sbx.files.remove('/tmp/d')
-  assert.equal(await sbx.files.exists('/tmp/d'), false)
-  await assert.rejects(sbx.files.read('/tmp/d/g.txt'), (e) => e instanceof FileNotFoundError || e instanceof NotFoundError)
+  const moved = await sbx.files.rename(`${T}/d/e/f.txt`, `${T}/d/g.txt`)
+  assert.equal(moved.path, `${T}/d/g.txt`)
+  await sbx.files.remove(`${T}/d`)
+  assert.equal(await sbx.files.exists(`${T}/d`), false)
+  await assert.rejects(sbx.files.read(`${T}/d/g.txt`), (e) => e instanceof FileNotFoundError || e instanceof NotFoundError)
   await assert.rejects(sbx.files.list('/nonexistent-dir'), (e) => e instanceof NotFoundError || e instanceof FileNotFoundError)
 })
 
 await check('watchDir (recursive)', async () => {
-  await sbx.files.makeDir('/tmp/w')
+  await sbx.files.makeDir(`${T}/w`)
   const events = []
-  const h = await sbx.files.watchDir('/tmp/w', (ev) => events.push(ev), { recursive: true })
-  await sbx.files.write('/tmp/w/sub/x.txt', 'x')
+  const h = await sbx.files.watchDir(`${T}/w`, (ev) => events.push(ev), { recursive: true })
+  await sbx.files.write(`${T}/w/sub/x.txt`, 'x')
   const until = Date.now() + 10_000
   while (!events.some((e) => e.name === 'sub/x.txt' && e.type === 'create') && Date.now() < until) await sleep(50)
   await h.stop()
@@ -225,6 +228,7 @@ await check('kill; then it is gone', async () => {
   assert.equal(await Sandbox.kill(sbx.sandboxId), false)
   await assert.rejects(Sandbox.getInfo(sbx.sandboxId), (e) => e instanceof NotFoundError || /not found/i.test(e.message))
   await assert.rejects(sbx.commands.run('true'), (e) => e instanceof Error)
+  await other.commands.run(`rm -rf ${T}`)
   await other.kill()
 })
 

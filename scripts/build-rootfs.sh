@@ -7,7 +7,7 @@
 # The Debian tree is cached under $VULCAN_CACHE_DIR/rootfs/<key> (key = SHA-256 of this
 # script, the runtime and the suite), so a new agent only costs the agent copy and mkfs.
 #
-# usage: scripts/build-rootfs.sh python|node|go AGENT_BINARY IMAGES_DIR
+# usage: scripts/build-rootfs.sh python|node|go|base AGENT_BINARY IMAGES_DIR
 set -euo pipefail
 
 runtime=${1:?usage: build-rootfs.sh RUNTIME AGENT IMAGES_DIR}
@@ -24,7 +24,10 @@ case "$runtime" in
   python) packages=python3 ;;
   node)   packages=nodejs ;;
   go)     packages=ca-certificates ;;
-  *) echo "build-rootfs: unknown runtime '$runtime' (want python, node or go)" >&2; exit 2 ;;
+  # The sandbox template E2B users expect: a shell with the usual tools, python3 (also as
+  # python), nodejs + npm, git, curl, sudo without a password for user, tput.
+  base)   packages=bash,coreutils,python3,python-is-python3,nodejs,npm,git,curl,ca-certificates,sudo,ncurses-bin,procps,less ;;
+  *) echo "build-rootfs: unknown runtime '$runtime' (want python, node, go or base)" >&2; exit 2 ;;
 esac
 [ -x "$agent" ] || { echo "build-rootfs: agent binary $agent missing; run: make build" >&2; exit 1; }
 command -v mmdebstrap >/dev/null || { echo "build-rootfs: mmdebstrap missing; run: apt-get install mmdebstrap" >&2; exit 1; }
@@ -59,6 +62,12 @@ if [ ! -f "$base/.complete" ]; then
       --customize-hook="ln -sf /usr/local/go/bin/go \"\$1/usr/local/bin/go\" && ln -sf /usr/local/go/bin/gofmt \"\$1/usr/local/bin/gofmt\""
     )
   fi
+  basehooks=()
+  if [ "$runtime" = base ]; then
+    basehooks=(
+      --customize-hook='printf "user ALL=(ALL:ALL) NOPASSWD: ALL\n" > "$1/etc/sudoers.d/user" && chmod 0440 "$1/etc/sudoers.d/user"'
+    )
+  fi
   echo "build-rootfs: mmdebstrap $runtime (key $key)"
   mmdebstrap --mode=root --variant=essential \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
@@ -75,6 +84,7 @@ if [ ! -f "$base/.complete" ]; then
     --customize-hook='mkdir -p "$1/home/user" "$1/etc/vulcan" && chown 1000:1000 "$1/home/user" && chmod 0750 "$1/home/user"' \
     --customize-hook='echo vulcan > "$1/etc/hostname"; printf "127.0.0.1 localhost vulcan\n::1 localhost\n" > "$1/etc/hosts"; : > "$1/etc/resolv.conf"' \
     "${gohooks[@]}" \
+    "${basehooks[@]}" \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/var/log/* "$1"/usr/share/doc/*/changelog*' \
     "$suite" "$tree" \
     "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main"
@@ -83,6 +93,7 @@ if [ ! -f "$base/.complete" ]; then
     python) version=$(chroot "$tree" python3 -c 'import platform; print(platform.python_version())') ;;
     node)   version=$(chroot "$tree" node --version | sed 's/^v//') ;;
     go)     version=$(head -n1 "$tree/usr/local/go/VERSION" | sed "s/^go//") ;;
+    base)   version=debian-$(cut -d. -f1 "$tree/etc/debian_version") ;;
   esac
   printf '{"%s":"%s"}\n' "$runtime" "$version" > "$tree/etc/vulcan/runtimes.json"
   echo "$(( $(date +%s) - start ))" > "$base/build_seconds"

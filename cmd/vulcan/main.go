@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.SetErr(stderr)
 	root.PersistentFlags().String("server", "", "URL of the Vulcan API ($VULCAN_SERVER, default http://127.0.0.1:8080)")
 	root.PersistentFlags().String("token", "", "API bearer token ($VULCAN_API_TOKEN)")
-	root.AddCommand(serveCommand(), runCommand(), statusCommand(), logsCommand(), lsCommand(), killCommand(),
+	root.AddCommand(mcpCommand(), serveCommand(), runCommand(), statusCommand(), logsCommand(), lsCommand(), killCommand(),
 		backendsCommand(), versionCommand(), doctorCommand(), downloadCommand(), benchCommand(),
 		sandboxCommand(), execCommand(), cpCommand(), shellCommand())
 	return root.ExecuteContext(ctx)

@@ -20,6 +20,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/config"
 	"github.com/vulcanhq/vulcan/internal/dashboard"
 	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/mcpserver"
 	"github.com/vulcanhq/vulcan/internal/store"
 	"github.com/vulcanhq/vulcan/internal/version"
 )
@@ -90,13 +91,16 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 		eng.Shutdown(ctx)
 		return err
 	}
+	mcpH := mcpserver.NewMounted(cfg.APIToken)
+	defer mcpH.Close()
 	handler, err := api.New(api.Options{Engine: eng, Registry: reg, Sandboxes: sbx, Token: cfg.APIToken, Logger: log, Metrics: metrics, Gatherer: metrics,
 		AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...), AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout,
-		Dashboard: dashboard.New()})
+		Dashboard: dashboard.New(), MCP: mcpH})
 	if err != nil {
 		eng.Shutdown(ctx)
 		return err
 	}
+	mcpH.SetAPI(handler)
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		eng.Shutdown(context.Background())

@@ -61,6 +61,8 @@ type Options struct {
 	AllowedOrigins []string
 	// BodyTimeout bounds how long a request body may take to arrive; default 60s.
 	BodyTimeout time.Duration
+	// MCP, when set, is served at /mcp (behind the token, like the API).
+	MCP http.Handler
 }
 
 // Server is the API's http.Handler.
@@ -125,6 +127,9 @@ func New(o Options) (*Server, error) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.auth)
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+		if o.MCP != nil {
+			r.Handle("/mcp", o.MCP)
+		}
 		r.Route("/v1", func(r chi.Router) {
 			r.NotFound(s.noRoute)
 			r.MethodNotAllowed(s.methodNotAllowed)

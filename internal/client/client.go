@@ -36,8 +36,11 @@ type Client struct {
 }
 
 // New returns a client for the server at base (e.g. http://127.0.0.1:8080).
-func New(base, token string) *Client {
-	return &Client{base: strings.TrimRight(base, "/"), token: token, http: &http.Client{}}
+func New(base, token string) *Client { return NewHTTP(base, token, &http.Client{}) }
+
+// NewHTTP is New with the HTTP client to use.
+func NewHTTP(base, token string, hc *http.Client) *Client {
+	return &Client{base: strings.TrimRight(base, "/"), token: token, http: hc}
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {

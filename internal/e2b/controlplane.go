@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/protocol"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
@@ -117,6 +118,8 @@ func (s *Server) status(err error) (int, string) {
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, sandbox.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, err.Error()
+	case errors.Is(err, backend.ErrUnavailable):
+		return http.StatusServiceUnavailable, err.Error()
 	}
 	s.log.Error("e2b request failed", "err", err)
 	return http.StatusInternalServerError, "internal error (see the server's log)"
@@ -302,7 +305,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if req.TemplateID == "" {
 		req.TemplateID = "base"
 	}
-	if !model.Runtime(req.TemplateID).Valid() {
+	if !model.Runtime(req.TemplateID).ValidTemplate() {
 		writeError(w, http.StatusNotFound, "template %q not found (this Vulcan server has: %s)", clipPath(req.TemplateID), strings.Join(templates(), ", "))
 		return
 	}
@@ -325,7 +328,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 
 func templates() []string {
 	var out []string
-	for _, rt := range model.Runtimes {
+	for _, rt := range model.Templates {
 		out = append(out, string(rt))
 	}
 	return out

@@ -106,12 +106,13 @@ func TestBuiltImages(t *testing.T) {
 		model.RuntimePython: "/usr/bin/python3",
 		model.RuntimeNode:   "/usr/bin/node",
 		model.RuntimeGo:     "/usr/local/go/bin/go",
+		model.RuntimeBase:   "/usr/bin/git",
 	}
 	set := Load(dir)
 	if set.Kernel == nil || set.Kernel.Manifest.Version == "" || set.Kernel.Manifest.SHA256 == "" {
 		t.Errorf("kernel manifest incomplete: %+v", set.Kernel)
 	}
-	for _, rt := range model.Runtimes {
+	for _, rt := range model.Templates {
 		img := filepath.Join(dir, RootFSFile(rt))
 		if _, err := os.Stat(img); err != nil {
 			if rt == model.RuntimePython {
@@ -149,6 +150,18 @@ func TestBuiltImages(t *testing.T) {
 			}
 			if out := debugfsCmd(t, debugfs, img, "stat /etc/shadow"); !strings.Contains(out, "Mode:  0640") {
 				t.Errorf("/etc/shadow is not 0640:\n%s", out)
+			}
+			if rt != model.RuntimeBase {
+				return
+			}
+			// base: what E2B users expect of theirs.
+			for _, bin := range []string{"/usr/bin/bash", "/usr/bin/python3", "/usr/bin/python", "/usr/bin/node", "/usr/bin/npm", "/usr/bin/curl", "/usr/bin/sudo", "/usr/bin/tput"} {
+				if out := debugfsCmd(t, debugfs, img, "stat "+bin); strings.Contains(out, "File not found") {
+					t.Errorf("%s missing from the base image", bin)
+				}
+			}
+			if out := debugfsCmd(t, debugfs, img, "cat /etc/sudoers.d/user"); !strings.Contains(out, "user ALL=(ALL:ALL) NOPASSWD: ALL") {
+				t.Errorf("user may not sudo without a password: %q", out)
 			}
 		})
 	}

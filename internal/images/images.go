@@ -95,7 +95,7 @@ func Load(dir string) *Set {
 		}
 		s.Kernel = k
 	}
-	for _, rt := range model.Runtimes {
+	for _, rt := range model.Templates {
 		p := filepath.Join(dir, RootFSFile(rt))
 		if _, err := os.Stat(p); err != nil {
 			s.Problems = append(s.Problems, fmt.Errorf("no %s rootfs at %s; run `make rootfs RUNTIME=%s` (or `make images`)", rt, p, rt))

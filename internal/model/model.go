@@ -57,10 +57,19 @@ const (
 	RuntimeGo     Runtime = "go"
 	RuntimeNode   Runtime = "node"
 	RuntimePython Runtime = "python"
+	// RuntimeBase is a template only (no workload runs "base"): Debian with bash,
+	// python3, nodejs + npm, git, curl and sudo, what E2B users expect of theirs.
+	RuntimeBase Runtime = "base"
 )
 
-// Runtimes lists every runtime Vulcan knows, in a stable order.
+// Runtimes lists every runtime a workload may name, in a stable order.
 var Runtimes = []Runtime{RuntimeGo, RuntimeNode, RuntimePython}
+
+// Templates lists the images a sandbox may start from: the runtimes' and base.
+var Templates = []Runtime{RuntimeBase, RuntimeGo, RuntimeNode, RuntimePython}
+
+// ValidTemplate reports whether r names a sandbox template.
+func (r Runtime) ValidTemplate() bool { return r == RuntimeBase || r.Valid() }
 
 // Valid reports whether r is a known runtime.
 func (r Runtime) Valid() bool {

@@ -27,8 +27,8 @@ func Validate(spec model.SandboxSpec, limits model.Limits) (model.SandboxSpec, e
 	if spec.Template == "" {
 		spec.Template = model.RuntimePython
 	}
-	if !spec.Template.Valid() {
-		return spec, invalid("template", "unknown template %q (want go, node or python)", spec.Template)
+	if !spec.Template.ValidTemplate() {
+		return spec, invalid("template", "unknown template %q (want base, go, node or python)", spec.Template)
 	}
 	res := spec.Resources
 	res.TimeoutS = 1 // the sandbox's own timeout is TimeoutS; Apply checks the rest

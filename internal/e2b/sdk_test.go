@@ -1,20 +1,18 @@
 package e2b_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vulcanhq/vulcan/internal/api"
+	"github.com/vulcanhq/vulcan/internal/e2b/e2btest"
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
@@ -38,70 +36,6 @@ func e2bServer(t *testing.T, token string) *backendtest.Stack {
 	return backendtest.NewStack(t, engine.Config{}, &backendtest.Fake{}, func(o *api.Options) { o.Sandboxes, o.Token = svc, token })
 }
 
-// sdkDir is where scripts/e2b-sdk.sh installed the pinned SDK ($VULCAN_E2B_SDK, as
-// make test sets it, or the script's default cache dir); the test's script is copied
-// next to its node_modules so that node resolves "e2b" there.
-func sdkDir(t *testing.T) string {
-	dir := os.Getenv("VULCAN_E2B_SDK")
-	if dir == "" {
-		cache := os.Getenv("VULCAN_CACHE_DIR")
-		if cache == "" {
-			home, _ := os.UserHomeDir()
-			cache = filepath.Join(home, ".cache", "vulcan")
-		}
-		dir = filepath.Join(cache, "e2b-sdk")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "e2b", "package.json")); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("the E2B SDK is not installed in %s (make e2b-sdk): %v", dir, err)
-		}
-		t.Skipf("the E2B SDK is not installed (make e2b-sdk)")
-	}
-	script, err := os.ReadFile("testdata/sdk/sdk_test.mjs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "sdk_test.mjs"), script, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
-// SDKModules are the pinned SDK versions: 2.51 creates with POST /v2/sandboxes, 2.50
-// with POST /sandboxes.
-var SDKModules = []string{"e2b", "e2b-2.50"}
-
-// RunSDK runs the official SDK's script (module: one of SDKModules) against url and
-// fails t with each check that failed.
-func RunSDK(t *testing.T, module, url, key, template string) {
-	t.Helper()
-	dir := sdkDir(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "sdk_test.mjs")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "E2B_API_URL="+url, "E2B_SANDBOX_URL="+url, "E2B_API_KEY="+key, "TEMPLATE="+template, "E2B_MODULE="+module,
-		"E2B_DOMAIN=vulcan.invalid") // nothing may leave loopback: a URL the SDK built itself would not resolve
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	oks := 0
-	sc := bufio.NewScanner(&out)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "ok "):
-			oks++
-		case strings.HasPrefix(line, "FAIL "):
-			t.Error(line)
-		}
-	}
-	if err != nil || oks < 20 {
-		t.Fatalf("the SDK's script: %v, %d checks passed; output:\n%s", err, oks, out.String())
-	}
-	t.Logf("%d checks passed through the official SDK", oks)
-}
-
 // TestOfficialSDK drives the official E2B JavaScript SDK (pinned) through every call
 // it makes for sandboxes, commands, files, watches and terminals, against a real
 // server with a token.
@@ -110,8 +44,8 @@ func TestOfficialSDK(t *testing.T) {
 		t.Skip("node is not installed")
 	}
 	s := e2bServer(t, "sekret")
-	for _, m := range SDKModules {
-		t.Run(m, func(t *testing.T) { RunSDK(t, m, s.Server.URL, "sekret", "python") })
+	for _, m := range e2btest.SDKModules {
+		t.Run(m, func(t *testing.T) { e2btest.RunSDK(t, m, s.Server.URL, "sekret", "python") })
 	}
 }
 

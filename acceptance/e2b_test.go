@@ -1,0 +1,84 @@
+package acceptance
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/vulcanhq/vulcan/internal/e2b/e2btest"
+)
+
+// TestE2BSDKOnRealVMs: the official E2B SDK, both pinned versions, against a real
+// `vulcan serve` booting real VMs — 2.51 on the base template, 2.50 on python — with
+// only E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY set.
+func TestE2BSDKOnRealVMs(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("node is not installed")
+	}
+	s := startServer(t, "")
+	for i, m := range e2btest.SDKModules {
+		template := []string{"base", "python"}[i%2]
+		t.Run(m+"/"+template, func(t *testing.T) { e2btest.RunSDK(t, m, s.url, "any-key", template) })
+	}
+	if left := s.leftovers(); len(left) > 0 {
+		t.Errorf("left behind after the SDK's sandboxes were killed: %v", left)
+	}
+}
+
+// TestMCPOnRealVMs: the official Go SDK's MCP client against the server's /mcp, running
+// code and a sandbox's commands and files in real VMs.
+func TestMCPOnRealVMs(t *testing.T) {
+	s := startServer(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c := mcp.NewClient(&mcp.Implementation{Name: "acceptance", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: s.url + "/mcp", MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	call := func(tool string, args map[string]any) (map[string]any, string) {
+		t.Helper()
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: args})
+		if err != nil {
+			t.Fatalf("%s: %v", tool, err)
+		}
+		var text strings.Builder
+		for _, c := range res.Content {
+			if tc, ok := c.(*mcp.TextContent); ok {
+				text.WriteString(tc.Text)
+			}
+		}
+		if res.IsError {
+			t.Fatalf("%s %v: tool error %s", tool, args, text.String())
+		}
+		var out map[string]any
+		b, _ := json.Marshal(res.StructuredContent)
+		json.Unmarshal(b, &out)
+		return out, text.String()
+	}
+	out, _ := call("run_code", map[string]any{"runtime": "python", "code": "import sys; print(6*7); print('e', file=sys.stderr)"})
+	if out["exit_code"] != 0.0 || out["stdout"] != "42\n" || out["stderr"] != "e\n" {
+		t.Errorf("run_code: %v", out)
+	}
+	out, _ = call("sandbox_create", map[string]any{"template": "python"})
+	id, _ := out["id"].(string)
+	call("file_write", map[string]any{"id": id, "path": "calc.py", "content": "print(sum(range(10)))\n"})
+	if out, _ := call("sandbox_exec", map[string]any{"id": id, "cmd": "python3 calc.py > out.txt; cat out.txt; id -un"}); out["stdout"] != "45\nuser\n" {
+		t.Errorf("sandbox_exec: %v", out)
+	}
+	if out, _ := call("file_read", map[string]any{"id": id, "path": "out.txt"}); out["content"] != "45\n" {
+		t.Errorf("file_read: %v", out)
+	}
+	if out, _ := call("sandbox_kill", map[string]any{"id": id}); out["state"] != "killed" {
+		t.Errorf("sandbox_kill: %v", out)
+	}
+	if left := s.leftovers(); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}

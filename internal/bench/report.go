@@ -57,7 +57,7 @@ func (o Options) tempDir() string {
 	return os.TempDir()
 }
 
-// Benchmark is one of P1–P5, S1–S3.
+// Benchmark is one of P1–P5, S1–S3, E1.
 type Benchmark struct {
 	ID    string // "P1"
 	Title string
@@ -81,6 +81,7 @@ var All = []Benchmark{
 	{"S1", "sandbox exec overhead", one(SandboxExec)},
 	{"S2", "sandbox file round trip", SandboxFiles},
 	{"S3", "sandbox density", one(Density)},
+	{"E1", "E2B SDK create → first command", one(E2BCreate)},
 }
 
 // Select returns the benchmarks whose IDs are in only (all when only is empty).
@@ -99,7 +100,7 @@ func Select(only []string) ([]Benchmark, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3)", id)
+			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3, E1)", id)
 		}
 	}
 	return out, nil

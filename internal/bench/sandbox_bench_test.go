@@ -55,3 +55,13 @@ func BenchmarkS3Density(b *testing.B) {
 	b.ReportMetric(r.Details["exec_p99_seconds"]*1e3, "exec-p99-ms")
 	b.ReportMetric(r.Details["rss_per_sandbox_bytes"]/(1<<20), "rss-MiB/sandbox")
 }
+
+// BenchmarkE1E2BCreate is E1 (bench.E2BCreate): create → first `true` through the
+// official E2B SDK vs the native API, b.N of each.
+func BenchmarkE1E2BCreate(b *testing.B) {
+	r, err := bench.E2BCreate(context.Background(), sandboxOptions(b, b.N))
+	r = bench.Checked(b, r, err)
+	b.ReportMetric(r.Vulcan.Median*1e3, "sdk-ms")
+	b.ReportMetric(r.Baseline.Median*1e3, "native-ms")
+	b.ReportMetric(r.Value, "ratio")
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/server/servertest"
 	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
@@ -32,7 +33,7 @@ func cli(t *testing.T, server string, args ...string) (stdout, stderr string, er
 
 // fakeServer is the real API and engine over the fake backend, in-process.
 func fakeServer(t *testing.T, fake *backendtest.Fake) string {
-	return backendtest.NewStack(t, engine.Config{}, fake, nil).URL
+	return servertest.NewStack(t, engine.Config{}, fake, nil).URL
 }
 
 func TestCLIRunPrintsOutputAndExitCode(t *testing.T) {

@@ -20,7 +20,8 @@ import (
 	"github.com/vulcanhq/vulcan/internal/config"
 	"github.com/vulcanhq/vulcan/internal/dashboard"
 	"github.com/vulcanhq/vulcan/internal/engine"
-	"github.com/vulcanhq/vulcan/internal/mcpserver"
+	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/server"
 	"github.com/vulcanhq/vulcan/internal/store"
 	"github.com/vulcanhq/vulcan/internal/version"
 )
@@ -76,34 +77,24 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	}
 	defer cleanup()
 
-	eng, err := engine.New(ctx, engine.Options{
-		Config:   engine.Config{MaxConcurrent: cfg.MaxConcurrent, QueueSize: queueSize(cfg.QueueSize), OutputLimit: cfg.OutputLimit, OutputLineLimit: cfg.OutputLineLimit},
-		Store:    st,
-		Registry: reg,
-		Metrics:  metrics,
-		Logger:   log,
-	})
+	so := server.Options{Store: st, Registry: reg, Logger: log, Metrics: metrics,
+		Engine:  engine.Config{MaxConcurrent: cfg.MaxConcurrent, QueueSize: queueSize(cfg.QueueSize), OutputLimit: cfg.OutputLimit, OutputLineLimit: cfg.OutputLineLimit},
+		Sandbox: sandbox.Config{MaxSandboxes: cfg.MaxSandboxes},
+		API: api.Options{Token: cfg.APIToken, AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...),
+			AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout, Dashboard: dashboard.New()}}
+	if vms != nil {
+		so.Launcher = launcher{vms}
+	} else {
+		so.SandboxUnavailable = errors.New("the microVM backend could not start; see `vulcan backends`")
+	}
+	vs, err := server.New(ctx, so)
 	if err != nil {
 		return err
 	}
-	sbx, err := newSandboxes(ctx, cfg, st, vms, metrics, log)
-	if err != nil {
-		eng.Shutdown(ctx)
-		return err
-	}
-	mcpH := mcpserver.NewMounted(cfg.APIToken)
-	defer mcpH.Close()
-	handler, err := api.New(api.Options{Engine: eng, Registry: reg, Sandboxes: sbx, Token: cfg.APIToken, Logger: log, Metrics: metrics, Gatherer: metrics,
-		AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...), AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout,
-		Dashboard: dashboard.New(), MCP: mcpH})
-	if err != nil {
-		eng.Shutdown(ctx)
-		return err
-	}
-	mcpH.SetAPI(handler)
+	handler := vs.Handler()
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
-		eng.Shutdown(context.Background())
+		vs.Shutdown(context.Background())
 		return err
 	}
 	// No ReadTimeout or WriteTimeout: the API bounds each request body itself
@@ -121,8 +112,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	go func() { served <- srv.Serve(ln) }()
 	select {
 	case err := <-served:
-		eng.Shutdown(context.Background())
-		sbx.Shutdown(context.Background())
+		vs.Shutdown(context.Background())
 		return err
 	case <-ctx.Done():
 	}
@@ -132,10 +122,9 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	// The engine first: sync requests waiting on workloads get their answers, SSE
 	// streams get their done events, and new submissions get 503 meanwhile. Sandboxes do
 	// not outlive their server: they are killed.
-	if err := eng.Shutdown(sctx); err != nil {
+	if err := vs.Shutdown(sctx); err != nil {
 		log.Warn("running workloads were cancelled at the shutdown deadline", "err", err)
 	}
-	sbx.Shutdown(sctx)
 	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer hcancel()
 	if err := srv.Shutdown(hctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {

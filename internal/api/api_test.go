@@ -23,6 +23,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/server/servertest"
 	"github.com/vulcanhq/vulcan/internal/store"
 )
 
@@ -35,7 +36,7 @@ type testServer struct {
 
 func newServer(t testing.TB, cfg engine.Config, fake *backendtest.Fake, token string) *testServer {
 	t.Helper()
-	s := backendtest.NewStack(t, cfg, fake, func(o *api.Options) {
+	s := servertest.NewStack(t, cfg, fake, func(o *api.Options) {
 		o.Token, o.Heartbeat = token, 50*time.Millisecond
 	})
 	return &testServer{Server: s.Server, fake: fake, st: s.Store, token: token}

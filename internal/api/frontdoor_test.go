@@ -12,12 +12,13 @@ import (
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
 	"github.com/vulcanhq/vulcan/internal/dashboard"
 	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/server/servertest"
 )
 
 // newServerWith is newServer with more API options.
 func newServerWith(t testing.TB, fake *backendtest.Fake, opts func(*api.Options)) *testServer {
 	t.Helper()
-	s := backendtest.NewStack(t, engine.Config{}, fake, func(o *api.Options) {
+	s := servertest.NewStack(t, engine.Config{}, fake, func(o *api.Options) {
 		o.Heartbeat = 50 * time.Millisecond
 		if opts != nil {
 			opts(o)

@@ -8,38 +8,24 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
 	"github.com/vulcanhq/vulcan/internal/client"
-	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
-	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/sandbox/sandboxtest"
-	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/server/servertest"
 )
 
 // sandboxServer is the API with a sandbox service whose "VMs" are the real guest agent in
 // this process (no VM boots: the VM path is tested in internal/microvm and acceptance).
 func sandboxServer(t *testing.T) *testServer {
 	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "sbx.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := sandbox.New(context.Background(), sandbox.Options{Store: st, Launcher: sandboxtest.NewAgentLauncher(t), Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Shutdown(context.Background()); st.Close() })
-	s := backendtest.NewStack(t, engine.Config{}, &backendtest.Fake{}, func(o *api.Options) { o.Sandboxes = svc })
+	s := servertest.New(t, servertest.Options{Fake: &backendtest.Fake{}, Launcher: sandboxtest.NewAgentLauncher(t)})
 	return &testServer{Server: s.Server, st: s.Store}
 }
 

@@ -14,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/client"
 	"github.com/vulcanhq/vulcan/internal/engine"
@@ -23,6 +22,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/microvm/qemu"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/server"
 	"github.com/vulcanhq/vulcan/internal/store"
 )
 
@@ -101,30 +101,21 @@ func startSandboxStack(ctx context.Context, o Options, maxSandboxes int) (_ *san
 	}
 	reg := backend.NewRegistry()
 	reg.Register(vms)
-	e, err := engine.New(ctx, engine.Options{Config: engine.Config{MaxConcurrent: 4, QueueSize: 16},
-		Store: st, Registry: reg, Metrics: metrics, Logger: quiet})
+	vs, err := server.New(ctx, server.Options{Store: st, Registry: reg, Logger: quiet, Metrics: metrics,
+		Engine: engine.Config{MaxConcurrent: 4, QueueSize: 16},
+		Sandbox: sandbox.Config{MaxSandboxes: maxSandboxes, CPUBudget: maxSandboxes,
+			BootTimeout: bootTimeout, Limits: model.Limits{DefaultCPUs: 1, MaxCPUs: 8, DefaultMemMB: 256,
+				MinMemMB: 128, MaxMemMB: 8192, DefaultTimeoutS: 60, MaxTimeoutS: 3600}},
+		Launcher: launcher{vms}})
 	if err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() {
 		done, cancel := context.WithCancel(context.Background())
 		cancel()
-		e.Shutdown(done)
+		vs.Shutdown(done)
 	})
-	sbx, err := sandbox.New(ctx, sandbox.Options{
-		Config: sandbox.Config{MaxSandboxes: maxSandboxes, CPUBudget: maxSandboxes,
-			BootTimeout: bootTimeout, Limits: model.Limits{DefaultCPUs: 1, MaxCPUs: 8, DefaultMemMB: 256,
-				MinMemMB: 128, MaxMemMB: 8192, DefaultTimeoutS: 60, MaxTimeoutS: 3600}},
-		Store: st, Launcher: launcher{vms}, Metrics: metrics, Logger: quiet,
-	})
-	if err != nil {
-		return nil, err
-	}
-	undo = append(undo, func() { sbx.Shutdown(context.Background()) })
-	srv, err := api.New(api.Options{Engine: e, Registry: reg, Sandboxes: sbx, Logger: quiet, Metrics: metrics, Gatherer: metrics})
-	if err != nil {
-		return nil, err
-	}
+	sbx, srv := vs.Sandboxes, vs.Handler()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)

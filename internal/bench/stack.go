@@ -12,10 +12,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/server"
 	"github.com/vulcanhq/vulcan/internal/store"
 )
 
@@ -82,7 +82,7 @@ func startStack(ctx context.Context, tmp string, b backend.Backend, cfg engine.C
 	reg.Register(b)
 	quiet := slog.New(slog.DiscardHandler)
 	metrics := prometheus.NewRegistry() // collected as in serve, so their cost is counted
-	e, err := engine.New(ctx, engine.Options{Config: cfg, Store: st, Registry: reg, Metrics: metrics, Logger: quiet})
+	vs, err := server.New(ctx, server.Options{Store: st, Registry: reg, Engine: cfg, NoSandboxes: true, Logger: quiet, Metrics: metrics})
 	if err != nil {
 		return nil, err
 	}
@@ -90,12 +90,9 @@ func startStack(ctx context.Context, tmp string, b backend.Backend, cfg engine.C
 		// Everything has ended by now; an already-cancelled context just skips waiting.
 		done, cancel := context.WithCancel(context.Background())
 		cancel()
-		e.Shutdown(done)
+		vs.Shutdown(done)
 	})
-	srv, err := api.New(api.Options{Engine: e, Registry: reg, Logger: quiet, Metrics: metrics, Gatherer: metrics})
-	if err != nil {
-		return nil, err
-	}
+	srv := vs.Handler()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)

@@ -15,15 +15,12 @@ import (
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
 	"github.com/vulcanhq/vulcan/internal/dashboard"
-	"github.com/vulcanhq/vulcan/internal/engine"
-	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/sandbox/sandboxtest"
-	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/server/servertest"
 	"github.com/vulcanhq/vulcan/internal/testenv"
 	chromium "github.com/vulcanhq/vulcan/internal/testenv/browser"
 )
@@ -49,19 +46,8 @@ func TestSandboxPagesInBrowser(t *testing.T) {
 	testenv.RequiresBinary(t, "chromium")
 	testenv.RequiresBinary(t, "bash")
 	requiresTerminal(t)
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "sbx.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := sandbox.New(context.Background(), sandbox.Options{Store: st, Launcher: sandboxtest.NewAgentLauncher(t), Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Shutdown(context.Background()); st.Close() })
-	stack := backendtest.NewStack(t, engine.Config{}, &backendtest.Fake{}, func(o *api.Options) {
-		o.Sandboxes = svc
-		o.Dashboard = dashboard.New()
-	})
+	stack := servertest.New(t, servertest.Options{Fake: &backendtest.Fake{}, Launcher: sandboxtest.NewAgentLauncher(t),
+		API: func(o *api.Options) { o.Dashboard = dashboard.New() }})
 	b := newBrowser(t, stack.Server.URL, 3*time.Minute)
 	b.wait = 20 * time.Second // no VM boots here: seconds are plenty
 	sandboxFlow(t, b, "inproc-")

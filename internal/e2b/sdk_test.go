@@ -2,38 +2,24 @@ package e2b_test
 
 import (
 	"bytes"
-	"context"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/vulcanhq/vulcan/internal/api"
-	"github.com/vulcanhq/vulcan/internal/e2b/e2btest"
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
-	"github.com/vulcanhq/vulcan/internal/engine"
-	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/e2b/e2btest"
 	"github.com/vulcanhq/vulcan/internal/sandbox/sandboxtest"
-	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/server/servertest"
 )
 
 // e2bServer is Vulcan's API (E2B's routes included) over sandboxes whose "VMs" are the
 // real guest agent in this process; the real-VM path runs in acceptance.
-func e2bServer(t *testing.T, token string) *backendtest.Stack {
+func e2bServer(t *testing.T, token string) *servertest.Stack {
 	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "sbx.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := sandbox.New(context.Background(), sandbox.Options{Store: st, Launcher: sandboxtest.NewAgentLauncher(t), Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Shutdown(context.Background()); st.Close() })
-	return backendtest.NewStack(t, engine.Config{}, &backendtest.Fake{}, func(o *api.Options) { o.Sandboxes, o.Token = svc, token })
+	return servertest.New(t, servertest.Options{Fake: &backendtest.Fake{}, Launcher: sandboxtest.NewAgentLauncher(t),
+		API: func(o *api.Options) { o.Token = token }})
 }
 
 // TestOfficialSDK drives the official E2B JavaScript SDK (pinned) through every call

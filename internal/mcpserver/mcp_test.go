@@ -12,38 +12,19 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
-	"github.com/vulcanhq/vulcan/internal/engine"
-	"github.com/vulcanhq/vulcan/internal/mcpserver"
-	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/sandbox/sandboxtest"
-	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/server/servertest"
 )
 
 // server is Vulcan's API with /mcp mounted, over sandboxes whose "VMs" are the real
 // guest agent in this process and workloads on the fake backend.
 func server(t *testing.T, token string) string {
 	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "sbx.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := sandbox.New(context.Background(), sandbox.Options{Store: st, Launcher: sandboxtest.NewAgentLauncher(t), Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Shutdown(context.Background()); st.Close() })
-	m := mcpserver.NewMounted(token)
-	t.Cleanup(func() { m.Close() })
-	var apiH http.Handler
-	s := backendtest.NewStack(t, engine.Config{}, &backendtest.Fake{}, func(o *api.Options) {
-		o.Sandboxes, o.Token, o.MCP = svc, token, m
-	})
-	apiH = s.Server.Config.Handler
-	m.SetAPI(apiH)
+	s := servertest.New(t, servertest.Options{Fake: &backendtest.Fake{}, Launcher: sandboxtest.NewAgentLauncher(t),
+		API: func(o *api.Options) { o.Token = token }})
 	return s.Server.URL
 }
 

@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
 	"github.com/vulcanhq/vulcan/internal/cell"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/server/servertest"
 	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
@@ -38,7 +38,7 @@ func TestConfinementQEMU(t *testing.T) {
 	if h.b.cell.off != nil {
 		t.Fatalf("VMMs unconfined as root: %v", h.b.cell.off)
 	}
-	api := backendtest.NewStack(t, engine.Config{}, nil, nil)
+	api := servertest.NewStack(t, engine.Config{}, nil, nil)
 
 	const memMB = 256
 	code := `import time

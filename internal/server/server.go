@@ -1,0 +1,129 @@
+// Package server is the one place a Vulcan server is assembled: over a store and the
+// backends its caller chose, the engine (workloads), the sandbox service, the HTTP API
+// (with E2B's wire) and the MCP endpoint, wired to one another. `vulcan serve`, the
+// benchmarks and the tests' stacks (servertest) all build their server here, so each
+// runs what the others run.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vulcanhq/vulcan/internal/api"
+	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/mcpserver"
+	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/store"
+)
+
+// Options are New's inputs. Store and Registry are the caller's (it opens and closes
+// them); everything else is made here.
+type Options struct {
+	Store    *store.Store
+	Registry *backend.Registry
+	Engine   engine.Config
+	Sandbox  sandbox.Config
+	// Launcher starts sandbox VMs. Nil: creating a sandbox answers 503 with
+	// SandboxUnavailable (or a generic reason).
+	Launcher           sandbox.Launcher
+	SandboxUnavailable error
+	// NoSandboxes leaves the sandbox service out altogether (its routes answer 503).
+	NoSandboxes bool
+	// API carries the API's own settings (token, dashboard, allowed hosts and origins,
+	// body timeout, heartbeat); its Engine, Registry, Sandboxes and MCP are set here, and
+	// its Logger and Metrics/Gatherer when it has none (Logger and Metrics below).
+	API     api.Options
+	Logger  *slog.Logger        // nil: slog.Default()
+	Metrics *prometheus.Registry // nil: a new one
+}
+
+// Server is an assembled server.
+type Server struct {
+	Engine    *engine.Engine
+	Sandboxes *sandbox.Service // nil with NoSandboxes
+	Metrics   *prometheus.Registry
+	handler   http.Handler
+	mcp       *mcpserver.Mounted
+}
+
+// New assembles the server. On error nothing is left running.
+func New(ctx context.Context, o Options) (_ *Server, err error) {
+	if o.Store == nil || o.Registry == nil {
+		return nil, errors.New("server: Store and Registry are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = prometheus.NewRegistry()
+	}
+	s := &Server{Metrics: o.Metrics}
+	defer func() {
+		if err != nil {
+			s.Shutdown(cancelled())
+		}
+	}()
+	s.Engine, err = engine.New(ctx, engine.Options{Config: o.Engine, Store: o.Store, Registry: o.Registry, Metrics: o.Metrics, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	if !o.NoSandboxes {
+		so := sandbox.Options{Config: o.Sandbox, Store: o.Store, Launcher: o.Launcher, Unavailable: o.SandboxUnavailable,
+			Metrics: o.Metrics, Logger: o.Logger}
+		if so.Launcher == nil && so.Unavailable == nil {
+			so.Unavailable = errors.New("no backend can start sandboxes")
+		}
+		if s.Sandboxes, err = sandbox.New(ctx, so); err != nil {
+			return nil, fmt.Errorf("sandboxes: %w", err)
+		}
+	}
+	s.mcp = mcpserver.NewMounted(o.API.Token)
+	ao := o.API
+	ao.Engine, ao.Registry, ao.Sandboxes, ao.MCP = s.Engine, o.Registry, s.Sandboxes, s.mcp
+	if ao.Logger == nil {
+		ao.Logger = o.Logger
+	}
+	if ao.Metrics == nil {
+		ao.Metrics, ao.Gatherer = o.Metrics, o.Metrics
+	}
+	h, err := api.New(ao)
+	if err != nil {
+		return nil, err
+	}
+	s.mcp.SetAPI(h)
+	s.handler = h
+	return s, nil
+}
+
+// Handler is the HTTP API (dashboard, E2B and /mcp included).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Shutdown stops in dependency order: the engine (running workloads end, new ones are
+// refused), then the sandboxes (killed: they never outlive their server), then MCP's
+// in-memory connections. It returns the engine's error (workloads cancelled at ctx's
+// end). Idempotent; an already-cancelled ctx stops everything at once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	if s.Engine != nil {
+		err = s.Engine.Shutdown(ctx)
+	}
+	if s.Sandboxes != nil {
+		s.Sandboxes.Shutdown(ctx)
+	}
+	if s.mcp != nil {
+		s.mcp.Close()
+	}
+	return err
+}
+
+func cancelled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}

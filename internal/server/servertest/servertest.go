@@ -1,0 +1,80 @@
+// Package servertest serves a whole Vulcan server (server.New: store, engine, sandbox
+// service, API with E2B and MCP) on loopback for tests, torn down with the test.
+package servertest
+
+import (
+	"context"
+	"log/slog"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+
+	"github.com/vulcanhq/vulcan/internal/api"
+	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
+	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/server"
+	"github.com/vulcanhq/vulcan/internal/store"
+)
+
+// Stack is the served server.
+type Stack struct {
+	*httptest.Server
+	Store     *store.Store
+	Engine    *engine.Engine
+	Sandboxes *sandbox.Service // nil without a launcher
+}
+
+// Options shape a stack; the zero value is workloads only, on no backend.
+type Options struct {
+	Engine engine.Config
+	// Fake is the workload backend; nil: none (microvm reported missing).
+	Fake *backendtest.Fake
+	// Launcher starts sandboxes (sandboxtest.NewAgentLauncher for the real agent in this
+	// process); nil: no sandbox service.
+	Launcher sandbox.Launcher
+	// API adjusts the API's own options (token, heartbeat, dashboard).
+	API func(*api.Options)
+}
+
+// NewStack serves fake (or, when nil, no backend) through the real server, without
+// sandboxes. apiOpts, when set, adjusts the API's options.
+func NewStack(t testing.TB, cfg engine.Config, fake *backendtest.Fake, apiOpts func(*api.Options)) *Stack {
+	return New(t, Options{Engine: cfg, Fake: fake, API: apiOpts})
+}
+
+// New serves a server shaped by o.
+func New(t testing.TB, o Options) *Stack {
+	t.Helper()
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := backend.NewRegistry()
+	if o.Fake != nil {
+		reg.Register(o.Fake)
+	} else {
+		reg.Missing("microvm", "microvm: no kernel image; run `make images`")
+	}
+	so := server.Options{Store: st, Registry: reg, Engine: o.Engine, Launcher: o.Launcher, NoSandboxes: o.Launcher == nil,
+		Logger: slog.New(slog.DiscardHandler)}
+	if o.API != nil {
+		o.API(&so.API)
+	}
+	srv, err := server.New(context.Background(), so)
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		hs.CloseClientConnections()
+		hs.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // shut down at once: cancel whatever still runs
+		srv.Shutdown(ctx)
+		st.Close()
+	})
+	return &Stack{Server: hs, Store: st, Engine: srv.Engine, Sandboxes: srv.Sandboxes}
+}

@@ -56,8 +56,11 @@ type Result struct {
 
 // Capabilities describe what a backend can run.
 type Capabilities struct {
-	Isolation model.Isolation   `json:"isolation"`
-	Runtimes  []model.Runtime   `json:"runtimes"`
+	Isolation model.Isolation `json:"isolation"`
+	Runtimes  []model.Runtime `json:"runtimes"`
+	// Templates are the sandbox images present (the runtimes' and base), when the
+	// backend starts sandboxes.
+	Templates []model.Runtime   `json:"templates,omitempty"`
 	MaxCPUs   int               `json:"max_cpus"`
 	MaxMemMB  int               `json:"max_mem_mb"`
 	Network   bool              `json:"network"`

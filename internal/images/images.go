@@ -126,6 +126,17 @@ func (s *Set) Runtimes() []model.Runtime {
 	return out
 }
 
+// Templates lists the sandbox templates that have an image, in model order.
+func (s *Set) Templates() []model.Runtime {
+	var out []model.Runtime
+	for _, rt := range model.Templates {
+		if s.RootFS[rt] != nil {
+			out = append(out, rt)
+		}
+	}
+	return out
+}
+
 // Usable returns nil when a VM can boot at least one runtime, else why not.
 func (s *Set) Usable() error {
 	if s.Kernel == nil {

@@ -131,6 +131,7 @@ func (b *Backend) Capabilities() backend.Capabilities {
 	caps := backend.Capabilities{
 		Isolation: model.IsolationMicroVM,
 		Runtimes:  set.Runtimes(),
+		Templates: set.Templates(),
 		MaxCPUs:   b.cfg.Limits.MaxCPUs,
 		MaxMemMB:  b.cfg.Limits.MaxMemMB,
 		Details:   map[string]string{"images_dir": b.cfg.ImagesDir},

@@ -39,7 +39,7 @@ type Options struct {
 	// body timeout, heartbeat); its Engine, Registry, Sandboxes and MCP are set here, and
 	// its Logger and Metrics/Gatherer when it has none (Logger and Metrics below).
 	API     api.Options
-	Logger  *slog.Logger        // nil: slog.Default()
+	Logger  *slog.Logger         // nil: slog.Default()
 	Metrics *prometheus.Registry // nil: a new one
 }
 

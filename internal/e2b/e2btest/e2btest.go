@@ -80,4 +80,3 @@ func RunSDK(t *testing.T, module, url, key, template string) {
 	}
 	t.Logf("%d checks passed through the official SDK", oks)
 }
-

@@ -18,7 +18,7 @@ export function render(main, { navigate }) {
     h("p", { class: "field-error", id: id + "-error", hidden: true }));
   const described = (id, hint) => ({ id, name: id, "aria-describedby": (hint ? id + "-hint " : "") + id + "-error" });
 
-  const template = h("select", described("template", true), ["python", "node", "go"].map((r) => h("option", { value: r }, r)));
+  const template = h("select", described("template", true), ["python", "base", "node", "go"].map((r) => h("option", { value: r }, r)));
   const cpus = h("input", { ...described("cpus"), type: "number", inputmode: "numeric", min: "1", step: "1", value: "1" });
   const mem = h("input", { ...described("mem", true), type: "number", inputmode: "numeric", step: "64", value: "256" });
   const timeout = h("input", { ...described("timeout", true), type: "number", inputmode: "numeric", min: "1", max: "86400", step: "1", value: "300" });
@@ -168,7 +168,7 @@ export function render(main, { navigate }) {
       formError.hidden = false;
       return;
     }
-    const runtimes = [...new Set(up.flatMap((b) => b.capabilities.runtimes || []))];
+    const runtimes = [...new Set(up.flatMap((b) => b.capabilities.templates || b.capabilities.runtimes || []))];
     if (runtimes.length) replace(template, runtimes.map((r) => h("option", { value: r, selected: r === "python" }, r)));
     const maxCPUs = Math.max(...up.map((b) => b.capabilities.max_cpus || 1));
     const maxMem = Math.max(...up.map((b) => b.capabilities.max_mem_mb || 128));

@@ -74,6 +74,7 @@ run: build images
 .PHONY: vet-other-os
 vet-other-os:
 	GOOS=darwin $(GO) vet ./...
+	@unformatted=$$(gofmt -l cmd internal acceptance); if [ -n "$$unformatted" ]; then echo "not gofmt'd: $$unformatted" >&2; exit 1; fi
 
 # Go code for E2B's envd services from our .proto files (the generated files are
 # committed; run this after editing a .proto). Needs protoc (apt: protobuf-compiler) and

@@ -101,8 +101,12 @@ func runSandboxConformance(t *testing.T, h *harness) {
 				t.Fatal(err)
 			}
 			defer st.Close()
-			runProc(t, sess, protocol.ProcessSpec{Shell: "mkdir -p w/a/b && echo x > w/a/b/f.txt"})
-			want := resp.Info.Path + "/w/a/b/f.txt"
+			// A fresh name: under fcsim the home is a directory of this host that outlives
+			// the run, where an old w/a/b/f.txt would only be rewritten, not created.
+			dir := fmt.Sprintf("watch-%d", time.Now().UnixNano())
+			defer runProc(t, sess, protocol.ProcessSpec{Argv: []string{"rm", "-rf", dir}})
+			runProc(t, sess, protocol.ProcessSpec{Shell: "mkdir -p " + dir + "/a/b && echo x > " + dir + "/a/b/f.txt"})
+			want := resp.Info.Path + "/" + dir + "/a/b/f.txt"
 			st.SetReadDeadline(time.Now().Add(30 * time.Second))
 			for {
 				ev, err := st.Event()

@@ -4,6 +4,7 @@ package microvm
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -64,7 +65,9 @@ func TestReclaimCellOrphan(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if st, err := cell.ReadStatus(pid); err == nil && st.UID[0] == s.UID {
+		// Dropped to its uid and exec'd into the "VMM" (whose argv names the dir, which is
+		// how the reclaim knows it): before the exec its command line is the cell's.
+		if st, err := cell.ReadStatus(pid); err == nil && st.UID[0] == s.UID && processMentions(pid, dir) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -76,7 +79,9 @@ func TestReclaimCellOrphan(t *testing.T) {
 	if n, err := Reclaim(state, slog.New(slog.DiscardHandler)); err != nil || n != 1 {
 		t.Fatalf("reclaim: %d, %v", n, err)
 	}
-	if err := syscall.Kill(pid, 0); err == nil {
+	// Dead means gone or a zombie: the process is this test's child, reaped by its own
+	// Wait goroutine a moment after the kill.
+	if !deadSoon(pid, 5*time.Second) {
 		t.Errorf("orphan VMM %d still alive after reclaim", pid)
 	}
 	if n, err := mine.Reclaim(); err != nil || n != 1 {
@@ -91,5 +96,24 @@ func TestReclaimCellOrphan(t *testing.T) {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("another instance's cgroup %s was reclaimed: %v", p, err)
 		}
+	}
+}
+
+// deadSoon waits up to d for pid to be gone or a zombie.
+func deadSoon(pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		// The state follows the ")" that ends the command name.
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -757,20 +757,7 @@ func (s *Server) fsWatch(w http.ResponseWriter, r *http.Request) {
 	}
 	defer wt.Close()
 	go func() { <-r.Context().Done(); wt.Close() }()
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{})
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriter(w)
-	flush := func() error {
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
+	bw, flush := startSSE(w)
 	bw.WriteString(": watching\n\n")
 	if flush() != nil {
 		return

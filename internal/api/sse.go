@@ -32,21 +32,7 @@ func (s *Server) logsStream(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	rc := http.NewResponseController(w)
-	// Streams outlive any server write timeout by design.
-	_ = rc.SetWriteDeadline(time.Time{})
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriter(w)
-	flush := func() error {
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
+	bw, flush := startSSE(w)
 	bw.WriteString("retry: 1000\n\n")
 	if flush() != nil {
 		return
@@ -82,6 +68,26 @@ func (s *Server) logsStream(w http.ResponseWriter, r *http.Request) {
 		if flush() != nil {
 			return
 		}
+	}
+}
+
+// startSSE sends an event stream's headers and returns its buffered writer and a flush
+// that pushes what is buffered to the client. Streams outlive any server write timeout
+// by design.
+func startSSE(w http.ResponseWriter) (*bufio.Writer, func() error) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriter(w)
+	return bw, func() error {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		return rc.Flush()
 	}
 }
 

@@ -100,9 +100,6 @@ func (s *Server) ControlPlane() http.Handler { return s.cp }
 // Envd serves sandbox daemon calls (requests for which IsEnvd is true).
 func (s *Server) Envd() http.Handler { return s.envd }
 
-// Close ends the server's watchers.
-func (s *Server) Close() { s.w.closeAll() }
-
 // The SDKs want sandbox IDs in lower case; ours are ULIDs, whose alphabet is case
 // insensitive: we hand out the lower-case form and accept either.
 func externalID(id string) string { return strings.ToLower(id) }

@@ -136,12 +136,3 @@ func (ws *watchers) remove(sandboxID, id string) error {
 	p.wt.Close()
 	return nil
 }
-
-func (ws *watchers) closeAll() {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	for id, p := range ws.byID {
-		p.wt.Close()
-		delete(ws.byID, id)
-	}
-}

@@ -80,6 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, pid1 bool
 		Reap:         pid1,
 	}
 	if pid1 {
+		cfg.ApplyIdentity = guest.ApplyIdentity
+		cfg.Console = os.Stderr
 		var k guest.KernelArgs
 		var err error
 		ctx, k, err = guest.Init(ctx, log)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/instance"
 	"github.com/vulcanhq/vulcan/internal/microvm"
+	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/network"
 )
 
@@ -23,12 +25,20 @@ import (
 // cleanup that serve runs after the engine has shut down. It must never register a fake.
 // It also returns the microVM backend (nil when it cannot run), which boots sandboxes.
 func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Registry, metrics prometheus.Registerer, log *slog.Logger) (vms *microvm.Backend, cleanup func(), err error) {
+	pool, err := poolSizes(cfg.Pool)
+	if err != nil {
+		return nil, nil, err
+	}
 	mcfg := microvm.Config{
 		ImagesDir: cfg.ImagesDir,
 		StateDir:  vmStateDir(cfg),
 		ScratchMB: cfg.ScratchMB,
+		Pool:      pool,
 		Logger:    log,
 		Metrics:   metrics,
+	}
+	if cfg.Snapshots {
+		mcfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
 	}
 	// The instance id names what this server makes on the host (its VM namespaces,
 	// bridge, nft tables), so its startup reclaim never takes another server's.
@@ -73,6 +83,23 @@ func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Regi
 	}
 	reg.Register(b)
 	return b, cleanup, nil
+}
+
+// poolSizes reads VULCAN_POOL into the backend's per-template sizes.
+func poolSizes(v string) (map[model.Runtime]microvm.PoolSize, error) {
+	parsed, err := config.ParsePool(v)
+	if err != nil {
+		return nil, err
+	}
+	out := map[model.Runtime]microvm.PoolSize{}
+	for name, s := range parsed {
+		t := model.Runtime(name)
+		if !t.ValidTemplate() {
+			return nil, fmt.Errorf("pool: unknown template %q", name)
+		}
+		out[t] = microvm.PoolSize{Min: s.Min, Max: s.Max}
+	}
+	return out, nil
 }
 
 // cniBinDir is where the CNI plugins are: VULCAN_CNI_BIN_DIR, else cni/ next to the

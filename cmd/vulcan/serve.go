@@ -40,7 +40,7 @@ func serveCommand() *cobra.Command {
 		},
 	}
 	config.RegisterFlags(cmd.Flags(), "listen", "data-dir", "images-dir", "max-concurrent", "queue-size", "output-limit",
-		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "network-dns", "scratch-mb", "cni-bin-dir", "log-level", "log-format",
+		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "network-dns", "scratch-mb", "pool", "snapshots", "cni-bin-dir", "log-level", "log-format",
 		"allowed-hosts", "allowed-origins", "body-timeout", "shutdown-timeout")
 	return cmd
 }
@@ -84,6 +84,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 			AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout, Dashboard: dashboard.New()}}
 	if vms != nil {
 		so.Launcher = launcher{vms}
+		so.VMs = vms
 	} else {
 		so.SandboxUnavailable = errors.New("the microVM backend could not start; see `vulcan backends`")
 	}

@@ -30,6 +30,8 @@ type Config struct {
 	OutputLimit     int           // VULCAN_OUTPUT_LIMIT: bytes of stdout+stderr kept per workload
 	OutputLineLimit int           // VULCAN_OUTPUT_LINE_LIMIT: lines of stdout+stderr kept per workload
 	MaxSandboxes    int           // VULCAN_MAX_SANDBOXES: sandboxes alive at once
+	Pool            string        // VULCAN_POOL: warm pool per template, "python=1:4,base=0:2" (min:max); "off" for none
+	Snapshots       bool          // VULCAN_SNAPSHOTS: start VMs from template snapshots
 	VMM             string        // VULCAN_VMM: auto | firecracker | qemu
 	FirecrackerBin  string        // VULCAN_FIRECRACKER_BIN
 	QEMUBin         string        // VULCAN_QEMU_BIN
@@ -106,6 +108,21 @@ var settings = []setting{
 	entry("VULCAN_QUEUE_SIZE", "queue-size", "admitted workloads waiting for a slot before submissions get 429", num(func(c *Config) *int { return &c.QueueSize }, 0)),
 	entry("VULCAN_OUTPUT_LIMIT", "output-limit", "bytes of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLimit }, 1024)),
 	entry("VULCAN_OUTPUT_LINE_LIMIT", "output-line-limit", "lines of stdout+stderr kept per workload", num(func(c *Config) *int { return &c.OutputLineLimit }, 1)),
+	entry("VULCAN_POOL", "pool", "warm pool of VMs booted ahead, per template, as TEMPLATE=MIN[:MAX] separated by commas (the pool grows from MIN toward MAX on misses and shrinks back when idle); off for none", field{func(c *Config, v string) error {
+		if _, err := ParsePool(v); err != nil {
+			return err
+		}
+		c.Pool = v
+		return nil
+	}, func(c *Config) string { return c.Pool }}),
+	entry("VULCAN_SNAPSHOTS", "snapshots", "start VMs by restoring a snapshot of their template booted and warmed once (true or false)", field{func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("must be true or false, got %q", v)
+		}
+		c.Snapshots = b
+		return nil
+	}, func(c *Config) string { return strconv.FormatBool(c.Snapshots) }}),
 	entry("VULCAN_MAX_SANDBOXES", "max-sandboxes", "sandboxes alive at once (memory and vCPU budgets also bound them)", num(func(c *Config) *int { return &c.MaxSandboxes }, 1)),
 	entry("VULCAN_VMM", "vmm", "virtual machine monitor: auto, firecracker or qemu", field{func(c *Config, v string) error {
 		switch v {
@@ -216,6 +233,8 @@ func Default() *Config {
 		OutputLimit:     1 << 20,
 		OutputLineLimit: 100_000,
 		MaxSandboxes:    32,
+		Pool:            DefaultPool,
+		Snapshots:       true,
 		VMM:             "auto",
 		QEMUAccel:       "auto",
 		NetworkSubnet:   "10.213.0.0/24",
@@ -353,4 +372,50 @@ func (c *Config) Env() [][2]string {
 		out = append(out, [2]string{s.env, v})
 	}
 	return out
+}
+
+// DefaultPool keeps one python and one base VM warm, growing to four on demand, and
+// node and go VMs warm only once asked for.
+const DefaultPool = "python=1:4,base=1:4,node=0:2,go=0:2"
+
+// PoolSize is one template's warm pool bounds.
+type PoolSize struct{ Min, Max int }
+
+// ParsePool reads VULCAN_POOL: TEMPLATE=MIN[:MAX] separated by commas, "" or "off" for
+// none.
+func ParsePool(v string) (map[string]PoolSize, error) {
+	out := map[string]PoolSize{}
+	v = strings.TrimSpace(v)
+	if v == "" || v == "off" {
+		return out, nil
+	}
+	bad := func(part string) error {
+		return fmt.Errorf("pool %q: want TEMPLATE=MIN[:MAX] with 0 <= MIN <= MAX <= 64, separated by commas, or off", part)
+	}
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		name, sizes, ok := strings.Cut(part, "=")
+		if !ok || name == "" {
+			return nil, bad(part)
+		}
+		lo, hi, ranged := strings.Cut(sizes, ":")
+		min, err := strconv.Atoi(lo)
+		if err != nil {
+			return nil, bad(part)
+		}
+		max := min
+		if ranged {
+			if max, err = strconv.Atoi(hi); err != nil {
+				return nil, bad(part)
+			}
+		}
+		if min < 0 || max < min || max > 64 {
+			return nil, bad(part)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("pool: %s given twice", name)
+		}
+		out[name] = PoolSize{Min: min, Max: max}
+	}
+	return out, nil
 }

@@ -46,6 +46,12 @@ type Config struct {
 	// Reap makes the agent reap every child, orphans included, and own
 	// every wait: set it when the agent is PID 1.
 	Reap bool
+	// Console, when set, gets the line the host waits for before it saves a parked VM
+	// (the VM's console; os.Stderr as PID 1).
+	Console io.Writer
+	// ApplyIdentity applies sys.identity (ApplyIdentity when PID 1); nil: the agent
+	// refuses it as unsupported (it is a host process in tests).
+	ApplyIdentity func(*protocol.Identity) error
 }
 
 func (c *Config) setDefaults() {
@@ -85,6 +91,10 @@ type Agent struct {
 	home     string
 
 	sess *sessions // sandbox sessions' processes and state (session.go)
+
+	parkMu        sync.Mutex
+	parkNonce     string // set by sys.quiesce until the wake line comes (park.go)
+	parkAnnounced bool
 }
 
 // New returns an agent. Call it once per process: as PID 1 it installs
@@ -150,6 +160,13 @@ func (a *Agent) session(ctx context.Context, rw io.ReadWriter) (powerOff bool) {
 		wmu.Lock()
 		defer wmu.Unlock()
 		return protocol.WriteMessage(rw, m)
+	}
+	if nonce := a.parked(); nonce != "" {
+		if err := waitWake(ctx, rw, nonce); err != nil {
+			return false // the host went away (or never came): the next stream waits again
+		}
+		a.unpark(nonce)
+		a.log.Info("woken after a restore")
 	}
 	if err := send(&protocol.Message{Type: protocol.TypeHello, Hello: &protocol.Hello{
 		AgentVersion:    a.cfg.AgentVersion,

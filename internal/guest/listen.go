@@ -156,17 +156,60 @@ func (s *serialListener) Close() error {
 func (s *serialListener) String() string { return s.spec }
 
 // serialSession keeps the port open when the session ends and lets the
-// listener hand out the next one.
+// listener hand out the next one — but only once no read of this session is
+// pending: a reader left blocked on the port would take the next session's
+// bytes (a restored VM's wake line, for one).
 type serialSession struct {
 	f    *os.File
 	free chan struct{}
 	once sync.Once
+
+	mu     sync.Mutex
+	closed bool
+	active sync.WaitGroup // reads and writes in flight
 }
 
-func (s *serialSession) Read(p []byte) (int, error)  { return s.f.Read(p) }
-func (s *serialSession) Write(p []byte) (int, error) { return s.f.Write(p) }
+func (s *serialSession) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.active.Add(1)
+	return true
+}
+
+func (s *serialSession) Read(p []byte) (int, error) {
+	if !s.begin() {
+		return 0, net.ErrClosed
+	}
+	defer s.active.Done()
+	return s.f.Read(p)
+}
+
+func (s *serialSession) Write(p []byte) (int, error) {
+	if !s.begin() {
+		return 0, net.ErrClosed
+	}
+	defer s.active.Done()
+	return s.f.Write(p)
+}
+
+// Close interrupts what is in flight (the port is pollable, so deadlines work),
+// waits for it, and frees the port for the next session.
 func (s *serialSession) Close() error {
-	s.once.Do(func() { s.free <- struct{}{} })
+	s.once.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		// A port that is not pollable takes no deadline: nothing can interrupt its
+		// reads, and waiting for them would hang.
+		if s.f.SetDeadline(time.Now()) == nil {
+			s.active.Wait()
+			_ = s.f.SetDeadline(time.Time{})
+		}
+		s.free <- struct{}{}
+	})
 	return nil
 }
 

@@ -86,7 +86,13 @@ func (c sessionConn) Close() error {
 // (they outlive the session); streams get ctx.
 func (a *Agent) serveSession(agentCtx, ctx context.Context, conn io.ReadWriteCloser) {
 	a.log.Info("session started")
+	ctx, end := context.WithCancel(ctx)
+	defer end()
 	err := protocol.ServeSession(ctx, conn, func(ctx context.Context, req *protocol.Request, st net.Conn) {
+		if req.Op == protocol.OpQuiesce {
+			a.quiesce(req, st, end)
+			return
+		}
 		a.handle(agentCtx, ctx, req, st)
 	})
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, context.Canceled) {
@@ -126,6 +132,8 @@ func (a *Agent) handle(agentCtx, ctx context.Context, req *protocol.Request, st 
 		err = a.fsWatch(ctx, req, st)
 	case protocol.OpExec:
 		err = a.sessionExec(ctx, req, st)
+	case protocol.OpIdentity:
+		err = a.identity(req, st)
 	case protocol.OpMetrics:
 		var m *protocol.Metrics
 		if m, err = a.metrics(); err == nil {

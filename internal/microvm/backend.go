@@ -55,6 +55,11 @@ type Config struct {
 	// Unconfined runs every VMM with vulcan's privileges. By default each VMM runs in a
 	// cell (internal/cell) when vulcan is root; see cell.go.
 	Unconfined bool
+	// SnapshotDir holds the templates' snapshots (snapshot.go), outside StateDir: they
+	// outlive a restart. Empty turns snapshots off (every VM boots cold).
+	SnapshotDir string
+	// Pool sizes each template's warm pool (pool.go); absent or Max 0: none.
+	Pool map[model.Runtime]PoolSize
 }
 
 // Networker attaches a VM to the host's network under a policy and detaches it. Attach
@@ -77,6 +82,15 @@ type Backend struct {
 	vms map[string]*vm // by workload id
 
 	cell cellState
+
+	snaps *snapshots // nil: snapshots off
+	pool  *pool
+	// bg runs snapshot builds and pool refills under bgCtx, which Close cancels.
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	roomMu   sync.Mutex
+	roomFn   func(memMB, cpus int) bool
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -119,7 +133,69 @@ func New(cfg Config, resolve func() (vmm.Driver, error)) (*Backend, error) {
 		b.log.Info("reclaimed VMs left by an earlier run", "count", n)
 	}
 	b.initCell()
+	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
+	b.snaps = newSnapshots(b, cfg.SnapshotDir)
+	b.pool = newPool(b, cfg.Pool)
+	b.registerPoolGauges(cfg.Metrics)
+	b.pool.start()
 	return b, nil
+}
+
+// SetPoolRoom gives the pool its capacity budget: f says whether the pool may hold memMB
+// and cpus in all (the sandbox service answers from what live sandboxes leave).
+func (b *Backend) SetPoolRoom(f func(memMB, cpus int) bool) {
+	b.roomMu.Lock()
+	b.roomFn = f
+	b.roomMu.Unlock()
+}
+
+func (b *Backend) poolRoom() func(memMB, cpus int) bool {
+	b.roomMu.Lock()
+	defer b.roomMu.Unlock()
+	return b.roomFn
+}
+
+// PoolStats reports the warm pool's shelves.
+func (b *Backend) PoolStats() []PoolStats { return b.pool.stats() }
+
+// PoolHeld is the capacity the warm pool holds.
+func (b *Backend) PoolHeld() (memMB, cpus int) { return b.pool.held() }
+
+// Close stops snapshot builds and pool refills and stops the pool's idle VMs. VMs handed
+// out are their holders' to stop.
+func (b *Backend) Close(ctx context.Context) error {
+	b.bgCancel()
+	b.pool.drain(ctx)
+	done := make(chan struct{})
+	go func() { b.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Backend) registerPoolGauges(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	for _, t := range model.Templates {
+		idle := func() float64 {
+			n := 0
+			for _, s := range b.pool.stats() {
+				if s.Template == t {
+					n += s.Idle
+				}
+			}
+			return float64(n)
+		}
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "vulcan_pool_idle_vms",
+			Help:        "Warm-pool VMs ready to be taken, by template.",
+			ConstLabels: prometheus.Labels{"template": string(t)},
+		}, idle))
+	}
 }
 
 // Name is the isolation this backend provides.
@@ -203,7 +279,7 @@ func (b *Backend) Execute(ctx context.Context, job backend.Job, sink backend.Sin
 
 	// A workload is a sandbox's VM that runs one exec over its session, then goes: one
 	// VM lifecycle and one teardown path for both.
-	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs)
+	v, err := b.acquire(ctx, driver, job, set.Kernel, rootfs)
 	if v != nil {
 		defer func() {
 			// Not ctx itself: it may be the workload's expired timeout. WithoutCancel
@@ -283,9 +359,12 @@ func execFor(job backend.Job) *protocol.Exec {
 // The VM stays up until torn down, and its agent connection becomes a multiplexed session
 // (v.session): a workload runs one exec over it, a sandbox many processes and file
 // operations.
-func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS) (*vm, error) {
+func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS, plan bootPlan) (*vm, error) {
 	id := job.WorkloadID
-	v := &vm{b: b, id: id, driver: driver, kernel: kernel, rootfs: rootfs}
+	v := &vm{b: b, id: id, key: id, driver: driver, kernel: kernel, rootfs: rootfs, source: "boot"}
+	if plan.restore != "" {
+		v.source = "snapshot"
+	}
 	b.mu.Lock()
 	if b.vms[id] != nil {
 		b.mu.Unlock()
@@ -295,7 +374,9 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	b.mu.Unlock()
 	v.cleanup.Add("forget vm", func(context.Context) error {
 		b.mu.Lock()
-		delete(b.vms, id)
+		if b.vms[v.key] == v {
+			delete(b.vms, v.key)
+		}
 		b.mu.Unlock()
 		return nil
 	})
@@ -339,10 +420,18 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		ConsoleLimit: b.cfg.ConsoleLimit,
 		Cell:         spec,
 	}
-	if b.cfg.ScratchMB > 0 {
+	if plan.memFile != nil {
+		cfg.MemFile = plan.memFile
+	}
+	cfg.Restore = plan.restore
+	if b.cfg.ScratchMB > 0 || plan.scratch != "" {
 		// In the VM dir: its removal (registered above) releases it.
 		cfg.Scratch = filepath.Join(v.dir, "scratch.ext4")
-		if err := CreateScratch(ctx, cfg.Scratch, b.cfg.ScratchMB); err != nil {
+		if plan.scratch != "" {
+			if err := copySparse(ctx, plan.scratch, cfg.Scratch); err != nil {
+				return v, err
+			}
+		} else if err := CreateScratch(ctx, cfg.Scratch, b.cfg.ScratchMB); err != nil {
 			return v, err
 		}
 		if spec != nil {
@@ -379,7 +468,7 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 		}
 		return nil
 	})
-	hello, err := v.greet(bootCtx, conn)
+	hello, err := v.greet(bootCtx, conn, plan.wake)
 	if err != nil {
 		return v, v.bootError(ctx, err)
 	}
@@ -408,10 +497,22 @@ func (b *Backend) attachNetwork(ctx context.Context, v *vm, policy model.Network
 	return n, nil
 }
 
+// bootPlan says how a VM starts: cold (the zero plan), as a snapshot's template VM
+// (memFile shared), or restored (restore, with the snapshot's private memFile or a
+// paused sandbox's RAM in its state, and the disk to copy as its scratch).
+type bootPlan struct {
+	memFile *vmm.MemFile
+	restore string
+	scratch string
+	wake    string // the parked agent's nonce (restores)
+}
+
 // vm is one workload's machine and everything it holds.
 type vm struct {
 	b        *Backend
-	id       string
+	id       string // names its dir; a pooled VM keeps its own
+	key      string // its entry in b.vms: the workload or sandbox holding it (b.mu)
+	source   string // pool, snapshot or boot
 	driver   vmm.Driver
 	kernel   *images.Kernel
 	rootfs   *images.RootFS
@@ -423,7 +524,9 @@ type vm struct {
 	hello    *protocol.Hello
 	started  time.Time
 	bootTime time.Duration
-	cleanup  cleanup.Stack
+	// startTime is acquire → ready with its identity, what the caller waited.
+	startTime time.Duration
+	cleanup   cleanup.Stack
 }
 
 // teardown runs the VM's cleanup stack once; later calls return its first result.
@@ -456,6 +559,10 @@ func (v *vm) metadata() map[string]string {
 		"kernel_version": v.kernel.Manifest.Version,
 		"image_runtime":  v.rootfs.Manifest.Runtime + " " + v.rootfs.Manifest.RuntimeVersion,
 		"image_sha256":   short(v.rootfs.Manifest.SHA256),
+		"start":          v.source,
+	}
+	if v.startTime > 0 {
+		md["start_ms"] = strconv.FormatFloat(float64(v.startTime.Microseconds())/1000, 'f', 1, 64)
 	}
 	if v.machine != nil {
 		md["vmm_pid"] = strconv.Itoa(v.machine.PID())

@@ -12,6 +12,11 @@ type metrics struct {
 	roundtrip *prometheus.HistogramVec
 	cleanup   *prometheus.HistogramVec
 	workloads *prometheus.CounterVec
+
+	starts         *prometheus.HistogramVec // by source: pool, snapshot, boot
+	poolTakes      *prometheus.CounterVec
+	poolRefill     *prometheus.HistogramVec
+	snapshotBuilds *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -39,6 +44,35 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "vulcan_microvm_workloads_total",
 			Help: "Workloads run in microVMs, by runtime and outcome (completed, failed, timeout, cancelled, error).",
 		}, []string{"vmm", "runtime", "outcome"}),
+		starts: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vulcan_microvm_start_seconds",
+			Help:    "Time to hand a caller a VM ready for its first command, by where it came from: pool (a warm VM), snapshot (restored) or boot (cold).",
+			Buckets: []float64{0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5, 10},
+		}, []string{"source"}),
+		poolTakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vulcan_pool_takes_total",
+			Help: "Requests for a warm-pool VM, by template and result (hit, miss).",
+		}, []string{"template", "result"}),
+		poolRefill: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vulcan_pool_refill_seconds",
+			Help:    "Time to start one warm-pool VM, by template and source (snapshot, boot).",
+			Buckets: []float64{0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 3, 5, 10},
+		}, []string{"template", "source"}),
+		snapshotBuilds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vulcan_snapshot_builds_total",
+			Help: "Template snapshot builds, by template and outcome (built, failed).",
+		}, []string{"template", "outcome"}),
+	}
+	for _, src := range []string{"pool", "snapshot", "boot"} {
+		m.starts.WithLabelValues(src)
+	}
+	for _, t := range model.Templates {
+		for _, r := range []string{"hit", "miss"} {
+			m.poolTakes.WithLabelValues(string(t), r)
+		}
+		for _, o := range []string{"built", "failed"} {
+			m.snapshotBuilds.WithLabelValues(string(t), o)
+		}
 	}
 	// Every series whose labels are known exists from start-up, at 0: the VMMs (all of
 	// them: which one runs is found out at the first boot), runtimes and outcomes.
@@ -54,7 +88,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.boot, m.active, m.roundtrip, m.cleanup, m.workloads)
+		reg.MustRegister(m.boot, m.active, m.roundtrip, m.cleanup, m.workloads, m.starts, m.poolTakes, m.poolRefill, m.snapshotBuilds)
 	}
 	return m
 }

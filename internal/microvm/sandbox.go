@@ -2,6 +2,8 @@ package microvm
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/images"
+	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/nic"
 	"github.com/vulcanhq/vulcan/internal/protocol"
@@ -72,7 +75,7 @@ func (b *Backend) StartSandbox(ctx context.Context, spec VMSpec) (*SandboxVM, er
 		Runtime: spec.Template, Isolation: model.IsolationMicroVM, Resources: spec.Resources,
 		Network: spec.Network, NetworkRules: spec.NetworkRules,
 	}}
-	v, err := b.boot(ctx, driver, job, set.Kernel, rootfs)
+	v, err := b.acquire(ctx, driver, job, set.Kernel, rootfs)
 	if err != nil {
 		if v != nil {
 			if terr := v.teardown(context.WithoutCancel(ctx)); terr != nil {
@@ -92,7 +95,15 @@ func bootArgs(n *nic.NIC) []string {
 
 // greet reads the agent's hello and turns the connection into a session. Nothing may read
 // frames from it first (a protocol.Conn's reader would swallow the session's bytes).
-func (v *vm) greet(ctx context.Context, conn net.Conn) (*protocol.Hello, error) {
+func (v *vm) greet(ctx context.Context, conn net.Conn, wake string) (*protocol.Hello, error) {
+	if wake != "" {
+		// A restored VM was parked: it greets only after its wake line.
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Write(protocol.WakeLine(wake)); err != nil {
+			return nil, fmt.Errorf("protocol: waking the restored agent: %w", err)
+		}
+		conn.SetWriteDeadline(time.Time{})
+	}
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
 	m, err := protocol.ReadMessage(conn)
 	if !stop() {
@@ -119,4 +130,30 @@ func (v *vm) greet(ctx context.Context, conn net.Conn) (*protocol.Hello, error) 
 	v.session = s
 	v.cleanup.Add("close session", func(context.Context) error { return s.Close() })
 	return m.Hello, nil
+}
+
+// park readies v to be saved (protocol.OpQuiesce): the agent leaves its session and says
+// so on its console; the returned nonce wakes a restored copy.
+func (v *vm) park(ctx context.Context) (string, error) {
+	aw, ok := v.machine.(vmm.ConsoleAwaiter)
+	if !ok {
+		return "", fmt.Errorf("%s machines cannot be parked", v.driver.Name())
+	}
+	raw := make([]byte, 16)
+	_, _ = rand.Read(raw)
+	nonce := hex.EncodeToString(raw)
+	parked := aw.AwaitConsole(protocol.ParkedMarker + nonce)
+	if _, err := v.session.Do(ctx, &protocol.Request{Op: protocol.OpQuiesce, Nonce: nonce}); err != nil {
+		return "", fmt.Errorf("quiesce: %w", err)
+	}
+	t := time.NewTimer(15 * time.Second)
+	defer t.Stop()
+	select {
+	case <-parked:
+		return nonce, nil
+	case <-t.C:
+		return "", errors.New("quiesce: the agent did not park within 15s")
+	case <-ctx.Done():
+		return "", fmt.Errorf("quiesce: %w", ctx.Err())
+	}
 }

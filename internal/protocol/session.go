@@ -53,6 +53,16 @@ const (
 	OpFSRemove      = "fs.remove"      // Path → Response{}; recursive; a missing path is ErrCodeNotFound
 	OpFSWatch       = "fs.watch"       // Path (a directory), Recursive → Response{Info}, then FS events
 	OpMetrics       = "sys.metrics"    // → Response{Metrics}
+	// OpIdentity makes a VM the host's own (Identity: hostname, clock, entropy): sent
+	// once when a VM is handed to a sandbox or workload, which for a pooled or restored
+	// VM is long after its boot → Response{}.
+	OpIdentity = "sys.identity"
+	// OpQuiesce readies the VM to be saved (Nonce) → Response{}: the agent leaves the
+	// session, writes ParkedMarker+Nonce on its console, and from then on waits for
+	// WakeMagic+Nonce on its channel before it greets a host again. A VM saved while
+	// parked and restored (many times, from a snapshot) thus greets each new host once,
+	// whatever state its old channel was left in.
+	OpQuiesce = "sys.quiesce"
 	// OpExec runs a one-shot workload (Exec: code or archive, runtime, stdin, limits —
 	// what an exec message carries) → Response{}, then events (Output…, Exit). The host
 	// half-closing the stream cancels it (the Exit then says Cancelled).
@@ -86,7 +96,39 @@ type Request struct {
 	// Recursive watches the directory's subdirectories too, those made later included
 	// (fs.watch).
 	Recursive bool `json:"recursive,omitempty"`
+	// Identity is what OpIdentity applies.
+	Identity *Identity `json:"identity,omitempty"`
+	// Nonce names a quiesce (OpQuiesce): 16 to 64 characters [0-9a-f].
+	Nonce string `json:"nonce,omitempty"`
 }
+
+// Parking (OpQuiesce). The wake line is host → guest raw bytes on the channel, before any
+// frame; the guest skips whatever precedes it (what an old host had in flight).
+const (
+	ParkedMarker = "vulcan-guest: parked "
+	WakeMagic    = "\nVULCAN-WAKE "
+)
+
+// WakeLine is what the host writes to wake a VM parked with nonce.
+func WakeLine(nonce string) []byte { return []byte(WakeMagic + nonce + "\n") }
+
+// Identity is what makes one VM unlike its siblings restored from the same snapshot
+// (or booted ahead into the same pool).
+type Identity struct {
+	Hostname string `json:"hostname,omitempty"`
+	// UnixNano sets the guest's wall clock (a restored VM wakes at its snapshot's time).
+	UnixNano int64 `json:"unix_nano,omitempty"`
+	// Seed is fresh host randomness the agent credits to the kernel's pool and reseeds
+	// its generator with, so clones do not share random streams.
+	Seed []byte `json:"seed,omitempty"`
+}
+
+// Identity caps.
+const (
+	MinIdentitySeed = 32
+	MaxIdentitySeed = 512
+	MaxHostnameLen  = 64
+)
 
 // ProcessSpec is a process to start.
 type ProcessSpec struct {

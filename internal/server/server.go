@@ -35,12 +35,22 @@ type Options struct {
 	SandboxUnavailable error
 	// NoSandboxes leaves the sandbox service out altogether (its routes answer 503).
 	NoSandboxes bool
+	// VMs, when set, is the microVM backend's warm pool side: it gets the sandboxes'
+	// capacity budget (pooled VMs count in it and yield to live sandboxes) and is closed
+	// after the sandboxes at shutdown.
+	VMs PoolOwner
 	// API carries the API's own settings (token, dashboard, allowed hosts and origins,
 	// body timeout, heartbeat); its Engine, Registry, Sandboxes and MCP are set here, and
 	// its Logger and Metrics/Gatherer when it has none (Logger and Metrics below).
 	API     api.Options
 	Logger  *slog.Logger         // nil: slog.Default()
 	Metrics *prometheus.Registry // nil: a new one
+}
+
+// PoolOwner is what owns warm VMs (microvm.Backend).
+type PoolOwner interface {
+	SetPoolRoom(func(memMB, cpus int) bool)
+	Close(ctx context.Context) error
 }
 
 // Server is an assembled server.
@@ -50,6 +60,7 @@ type Server struct {
 	Metrics   *prometheus.Registry
 	handler   http.Handler
 	mcp       *mcpserver.Mounted
+	vms       PoolOwner
 }
 
 // New assembles the server. On error nothing is left running.
@@ -81,6 +92,15 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		}
 		if s.Sandboxes, err = sandbox.New(ctx, so); err != nil {
 			return nil, fmt.Errorf("sandboxes: %w", err)
+		}
+	}
+	if o.VMs != nil {
+		s.vms = o.VMs
+		if sb := s.Sandboxes; sb != nil {
+			o.VMs.SetPoolRoom(func(memMB, cpus int) bool {
+				l := sb.Load()
+				return l.MemMB+memMB <= l.MemBudgetMB && l.CPUs+cpus <= l.CPUBudget
+			})
 		}
 	}
 	s.mcp = mcpserver.NewMounted(o.API.Token)
@@ -115,6 +135,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if s.Sandboxes != nil {
 		s.Sandboxes.Shutdown(ctx)
+	}
+	if s.vms != nil {
+		if verr := s.vms.Close(ctx); verr != nil && err == nil {
+			err = verr
+		}
 	}
 	if s.mcp != nil {
 		s.mcp.Close()

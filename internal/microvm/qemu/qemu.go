@@ -9,11 +9,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,9 +38,46 @@ type Driver struct {
 	accel string
 	// NSEnter, when the VM has a network, runs QEMU inside the VM's netns.
 	NSEnter string
+
+	versionOnce sync.Once
+	version     string
+	romOnce     sync.Once
+	rom         bool
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+// Snapshots: QEMU machines can be saved (Machine.Save) and restored (Config.Restore).
+func (d *Driver) Snapshots() bool { return true }
+
+// MapsSnapshotMemory reports whether this QEMU can map a snapshot's memory file
+// read-only on disk yet writable to the guest (memory-backend-file's rom property, QEMU
+// 8.0+). Without it (Debian 12's 7.2: readonly=on makes guest RAM a ROM), snapshots carry
+// their RAM in the state and a restore loads it.
+func (d *Driver) MapsSnapshotMemory() bool {
+	d.romOnce.Do(func() {
+		out, _ := exec.Command(d.Bin, "-object", "memory-backend-file,help").CombinedOutput()
+		d.rom = strings.Contains(string(out), "rom=")
+	})
+	return d.rom
+}
+
+// Version is QEMU's version line, part of a snapshot's key: a state saved by one QEMU is
+// not loaded by another.
+func (d *Driver) Version() string {
+	d.versionOnce.Do(func() {
+		out, err := exec.Command(d.Bin, "--version").Output()
+		if err != nil {
+			d.version = "unknown"
+			return
+		}
+		d.version, _, _ = strings.Cut(string(out), "\n")
+	})
+	return d.version
+}
+
+var (
+	_ vmm.Driver      = (*Driver)(nil)
+	_ vmm.Snapshotter = (*machine)(nil)
+)
 
 // New returns a driver for bin with the given acceleration ("kvm" or "tcg").
 func New(bin, accel string) *Driver {
@@ -82,13 +121,30 @@ func (d *Driver) Argv(cfg vmm.Config) []string {
 		// VMM's memory beyond guest RAM is bounded too (the cgroup's memory.max counts it).
 		accel += ",tb-size=" + strconv.Itoa(TCGCacheMB)
 	}
+	// RAM is always a memory backend named "ram": a saved state names its RAM block,
+	// and a VM restored from a snapshot's memory file and one booted cold must be able
+	// to exchange states (a pause of a restored VM resumes with anonymous RAM).
+	mem := strconv.Itoa(cfg.MemMB) + "M"
+	ram := "memory-backend-ram,id=ram,size=" + mem
+	if f := cfg.MemFile; f != nil {
+		ram = "memory-backend-file,id=ram,size=" + mem + ",mem-path=" + f.Path
+		if f.Shared {
+			ram += ",share=on"
+		} else {
+			// Opened read-only (a confined QEMU must not be able to change what every
+			// clone maps), mapped writable copy-on-write: rom=off, QEMU 8.0 and later
+			// (MapsSnapshotMemory says whether this one can).
+			ram += ",share=off,readonly=on,rom=off"
+		}
+	}
 	args := []string{
 		"-name", "vulcan-" + cfg.ID,
-		"-M", "microvm,acpi=off",
+		"-object", ram,
+		"-M", "microvm,acpi=off,memory-backend=ram",
 		"-accel", accel,
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(cfg.CPUs),
-		"-m", strconv.Itoa(cfg.MemMB) + "M",
+		"-m", mem,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		// QEMU's own seccomp filter: no exec, no setuid/setgid, no scheduler or
 		// resource changes, no obsolete syscalls.
@@ -103,6 +159,12 @@ func (d *Driver) Argv(cfg vmm.Config) []string {
 		"-device", "virtio-serial-device",
 		"-chardev", "socket,id=agent,path=" + AgentSocket(cfg.Dir),
 		"-device", "virtserialport,chardev=agent,name=" + AgentPortName,
+		"-chardev", "socket,id=qmp,path=" + QMPSocket(cfg.Dir),
+		"-mon", "chardev=qmp,mode=control",
+	}
+	if cfg.Restore != "" {
+		// The state arrives on fd RestoreFD once QMP has set the migration capabilities.
+		args = append(args, "-incoming", "defer")
 	}
 	if cfg.Scratch != "" {
 		args = append(args,
@@ -139,12 +201,24 @@ func (d *Driver) command(cfg vmm.Config, sock string) (*exec.Cmd, error) {
 		if n := cfg.Network; n != nil {
 			c.NetNS, c.TAP = n.NetNS, n.TAP
 		}
-		// QEMU connects to the agent socket as the cell's uid.
-		if err := c.Own(sock); err != nil {
-			return nil, fmt.Errorf("agent socket: %w", err)
+		// QEMU connects to the agent and monitor sockets as the cell's uid.
+		for _, p := range []string{sock, QMPSocket(cfg.Dir)} {
+			if err := c.Own(p); err != nil {
+				return nil, fmt.Errorf("socket: %w", err)
+			}
+			if err := os.Chmod(p, 0o600); err != nil {
+				return nil, err
+			}
 		}
-		if err := os.Chmod(sock, 0o600); err != nil {
-			return nil, err
+		if f := cfg.MemFile; f != nil {
+			if f.Shared {
+				c.Writable = append(c.Writable, f.Path)
+				if err := c.Own(f.Path); err != nil {
+					return nil, fmt.Errorf("memory file: %w", err)
+				}
+			} else {
+				c.ReadOnly = append(c.ReadOnly, f.Path)
+			}
 		}
 		cmd, err := c.Command(d.Bin, d.Argv(cfg))
 		if err != nil {
@@ -161,6 +235,12 @@ func (d *Driver) command(cfg vmm.Config, sock string) (*exec.Cmd, error) {
 	cmd.SysProcAttr = vmm.ProcAttr()
 	return cmd, nil
 }
+
+// QMPSocket is where the driver listens for QEMU's monitor (QMP) chardev.
+func QMPSocket(dir string) string { return filepath.Join(dir, "qmp.sock") }
+
+// RestoreFD is the fd a restoring QEMU reads its saved state from.
+const RestoreFD = 4
 
 // AgentSocket is where the driver listens for QEMU's agent chardev.
 func AgentSocket(dir string) string { return filepath.Join(dir, "agent.sock") }
@@ -187,6 +267,22 @@ func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (_ vmm.Machine, err 
 	}
 	undo = append(undo, func() { ln.Close() })
 
+	qsock := QMPSocket(cfg.Dir)
+	_ = os.Remove(qsock)
+	qln, err := net.ListenUnix("unix", &net.UnixAddr{Name: qsock, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen for qmp: %w", err)
+	}
+	undo = append(undo, func() { qln.Close() })
+
+	var state *os.File
+	if cfg.Restore != "" {
+		if state, err = os.Open(cfg.Restore); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
+		defer state.Close() // QEMU has its own copy once started
+	}
+
 	console, err := vmm.CreateConsoleFile(ConsoleLog(cfg.Dir), cfg.ConsoleLimit)
 	if err != nil {
 		return nil, fmt.Errorf("console log: %w", err)
@@ -199,6 +295,10 @@ func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (_ vmm.Machine, err 
 	}
 	cmd.Dir = cfg.Dir
 	cmd.Stdout, cmd.Stderr = console, console
+	if state != nil {
+		cmd.ExtraFiles = make([]*os.File, RestoreFD-2)
+		cmd.ExtraFiles[RestoreFD-3] = state
+	}
 	proc, err := vmm.StartProcess(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", d.Bin, err)
@@ -207,29 +307,155 @@ func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (_ vmm.Machine, err 
 		_ = proc.Stop(context.WithoutCancel(ctx), 0)
 		return nil, err
 	}
-	m := &machine{proc: proc, ln: ln, console: console, dir: cfg.Dir}
+	m := &machine{proc: proc, ln: ln, qln: qln, console: console, dir: cfg.Dir, cell: cfg.Cell, memMB: cfg.MemMB}
+	undo = append(undo, func() { _ = m.Stop(context.WithoutCancel(ctx)) })
 	go func() {
 		<-proc.Done()
-		// Unblock a pending Accept once the VMM is gone.
+		// Unblock pending Accepts once the VMM is gone.
 		ln.Close()
+		qln.Close()
 	}()
+	if state != nil {
+		if err := m.restore(ctx); err != nil {
+			return nil, fmt.Errorf("restore: %w; console: %s", err, vmm.Tail(ConsoleLog(cfg.Dir), 1024))
+		}
+	}
 	return m, nil
+}
+
+// restore feeds the saved state on RestoreFD to a QEMU started with -incoming defer and
+// waits until it has loaded, then runs the guest.
+func (m *machine) restore(ctx context.Context) error {
+	q, err := m.monitor(ctx)
+	if err != nil {
+		return err
+	}
+	if err := q.migrationSetup(ctx); err != nil {
+		return err
+	}
+	if _, err := q.exec(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(RestoreFD)}); err != nil {
+		return err
+	}
+	if err := q.waitMigration(ctx); err != nil {
+		return err
+	}
+	// The state was saved stopped (Save stops the vCPUs first), so QEMU keeps it so.
+	_, err = q.exec(ctx, "cont", nil)
+	return err
+}
+
+// monitor returns the QMP connection, accepting it on first use (QEMU connected at its
+// start).
+func (m *machine) monitor(ctx context.Context) (*qmp, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.qmp != nil {
+		return m.qmp, nil
+	}
+	stop := context.AfterFunc(ctx, func() { _ = m.qln.SetDeadline(time.Now()) })
+	conn, err := m.qln.Accept()
+	stop()
+	if err != nil {
+		return nil, fmt.Errorf("qmp: %w", errors.Join(err, ctx.Err()))
+	}
+	q, err := newQMP(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	m.qmp = q
+	return q, nil
+}
+
+// Save stops the vCPUs and streams the VM's state into path through a unix socket QEMU
+// connects to (its seccomp filter forbids the exec: transport, and 7.2 has no file:).
+// The stream is capped at the VM's RAM plus room for devices: QEMU is not trusted to
+// bound it.
+func (m *machine) Save(ctx context.Context, path string) (err error) {
+	q, err := m.monitor(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := q.exec(ctx, "stop", nil); err != nil {
+		return err
+	}
+	if err := q.migrationSetup(ctx); err != nil {
+		return err
+	}
+	sock := filepath.Join(m.dir, "migrate.sock")
+	_ = os.Remove(sock)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("listen for migration: %w", err)
+	}
+	defer os.Remove(sock)
+	defer ln.Close()
+	if c := m.cell; c != nil {
+		if err := c.Own(sock); err != nil {
+			return err
+		}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	limit := int64(m.memMB)<<20 + 256<<20
+	copied := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			copied <- err
+			return
+		}
+		defer conn.Close()
+		stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+		defer stop()
+		n, err := io.Copy(f, io.LimitReader(conn, limit+1))
+		if err == nil && n > limit {
+			err = fmt.Errorf("state stream passed its %d byte cap", limit)
+		}
+		copied <- err
+	}()
+	if _, err := q.exec(ctx, "migrate", map[string]any{"uri": "unix:" + sock}); err != nil {
+		ln.Close()
+		<-copied
+		return err
+	}
+	if err := q.waitMigration(ctx); err != nil {
+		ln.Close()
+		<-copied
+		return err
+	}
+	if err := <-copied; err != nil {
+		return fmt.Errorf("state stream: %w", err)
+	}
+	return f.Sync()
 }
 
 type machine struct {
 	proc    *vmm.Process
 	ln      *net.UnixListener
+	qln     *net.UnixListener
 	console *vmm.ConsoleFile
 	dir     string
+	cell    *cell.Spec
+	memMB   int
 
 	mu       sync.Mutex
+	qmp      *qmp
 	accepted bool
 	stopOnce sync.Once
 	stopErr  error
 }
 
-func (m *machine) PID() int              { return m.proc.PID() }
-func (m *machine) Done() <-chan struct{} { return m.proc.Done() }
+func (m *machine) PID() int                                 { return m.proc.PID() }
+func (m *machine) AwaitConsole(line string) <-chan struct{} { return m.console.Await(line) }
+func (m *machine) Done() <-chan struct{}                    { return m.proc.Done() }
 
 // DialAgent accepts QEMU's connection to the agent socket. QEMU connects once, at start.
 func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
@@ -266,6 +492,12 @@ func (m *machine) Stop(ctx context.Context) error {
 	m.stopOnce.Do(func() {
 		m.stopErr = m.proc.Stop(ctx, 2*time.Second)
 		m.ln.Close()
+		m.qln.Close()
+		m.mu.Lock()
+		if m.qmp != nil {
+			m.qmp.close()
+		}
+		m.mu.Unlock()
 		m.console.Close()
 	})
 	return m.stopErr

@@ -20,6 +20,7 @@ func TestCellCommand(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "agent.sock")
 	os.WriteFile(sock, nil, 0o600)
+	os.WriteFile(QMPSocket(dir), nil, 0o600)
 	d := New("sh", AccelKVM)
 	c := &cell.Spec{UID: os.Getuid(), GID: os.Getgid(), Dir: dir}
 	cmd, err := d.command(vmm.Config{ID: "wl1", Dir: dir, CPUs: 1, MemMB: 128, Cell: c,

@@ -27,7 +27,8 @@ func TestBootArgs(t *testing.T) {
 func TestArgv(t *testing.T) {
 	d := New("qemu-system-x86_64", AccelTCG)
 	cfg := vmm.Config{ID: "wl1", Dir: "/s/wl1", Kernel: "/i/vmlinux", RootFS: "/i/rootfs-python.ext4", CPUs: 2, MemMB: 512, CID: 7}
-	want := "-name vulcan-wl1 -M microvm,acpi=off -accel tcg,tb-size=256 -cpu max -smp 2 -m 512M " +
+	want := "-name vulcan-wl1 -object memory-backend-ram,id=ram,size=512M -M microvm,acpi=off,memory-backend=ram " +
+		"-accel tcg,tb-size=256 -cpu max -smp 2 -m 512M " +
 		"-nodefaults -no-user-config -display none -no-reboot " +
 		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny " +
 		"-serial stdio -kernel /i/vmlinux " +
@@ -35,7 +36,8 @@ func TestArgv(t *testing.T) {
 		"-drive id=root,file=/i/rootfs-python.ext4,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root " +
 		"-object rng-random,id=rng,filename=/dev/urandom -device virtio-rng-device,rng=rng " +
 		"-device virtio-serial-device -chardev socket,id=agent,path=/s/wl1/agent.sock " +
-		"-device virtserialport,chardev=agent,name=vulcan.agent"
+		"-device virtserialport,chardev=agent,name=vulcan.agent " +
+		"-chardev socket,id=qmp,path=/s/wl1/qmp.sock -mon chardev=qmp,mode=control"
 	if got := strings.Join(d.Argv(cfg), " "); got != want {
 		t.Errorf("argv =\n%s\nwant\n%s", got, want)
 	}
@@ -43,10 +45,24 @@ func TestArgv(t *testing.T) {
 		t.Errorf("kvm argv: %s", got)
 	}
 	cfg.Scratch = "/s/wl1/scratch.ext4"
-	if got := strings.Join(d.Argv(cfg), " "); !strings.HasSuffix(got, " -device virtserialport,chardev=agent,name=vulcan.agent "+
+	if got := strings.Join(d.Argv(cfg), " "); !strings.HasSuffix(got, " -mon chardev=qmp,mode=control "+
 		"-drive id=scratch,file=/s/wl1/scratch.ext4,format=raw,if=none,discard=unmap -device virtio-blk-device,drive=scratch") {
 		t.Errorf("scratch disk argv: %s", got)
 	}
+	// A snapshot's VM writes its RAM to a shared file; a restored one maps it private,
+	// read-only on disk, and waits for its state.
+	cfg.Scratch = ""
+	cfg.MemFile = &vmm.MemFile{Path: "/snap/mem", Shared: true}
+	if got := strings.Join(d.Argv(cfg), " "); !strings.Contains(got, "-object memory-backend-file,id=ram,size=512M,mem-path=/snap/mem,share=on -M microvm,acpi=off,memory-backend=ram ") ||
+		strings.Contains(got, "-incoming") {
+		t.Errorf("shared memory argv: %s", got)
+	}
+	cfg.MemFile.Shared, cfg.Restore = false, "/snap/state"
+	if got := strings.Join(d.Argv(cfg), " "); !strings.Contains(got, "-object memory-backend-file,id=ram,size=512M,mem-path=/snap/mem,share=off,readonly=on,rom=off ") ||
+		!strings.HasSuffix(got, " -incoming defer") {
+		t.Errorf("restore argv: %s", got)
+	}
+	cfg.MemFile, cfg.Restore = nil, ""
 	// A network: by name without a cell; in a cell the TAP comes opened, as fd 3.
 	cfg.Scratch = ""
 	cfg.Network = &nic.NIC{NetNS: "/run/netns/vulcan-x-wl1", TAP: "tap0", MAC: "02:fc:00:00:00:07"}

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"os"
+	"strings"
 	"sync"
 )
 
@@ -13,6 +14,46 @@ type ConsoleFile struct {
 	limit   int64
 	written int64
 	dropped int64
+	// Lines being waited for (Await), seen whether or not they fit under the limit;
+	// tail carries the end of the previous write, for a line split across writes.
+	waits map[string]chan struct{}
+	tail  []byte
+}
+
+// maxAwait bounds an awaited line (and so the tail kept between writes).
+const maxAwait = 256
+
+// Await returns a channel closed once the guest has written line (at most 256 bytes)
+// on its console after this call, past the limit too.
+func (c *ConsoleFile) Await(line string) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.waits == nil {
+		c.waits = map[string]chan struct{}{}
+	}
+	ch := c.waits[line]
+	if ch == nil {
+		ch = make(chan struct{})
+		c.waits[line] = ch
+	}
+	return ch
+}
+
+func (c *ConsoleFile) seeLocked(p []byte) {
+	if len(c.waits) == 0 {
+		return
+	}
+	buf := append(c.tail, p...)
+	for line, ch := range c.waits {
+		if len(line) <= maxAwait && strings.Contains(string(buf), line) {
+			close(ch)
+			delete(c.waits, line)
+		}
+	}
+	if len(buf) > maxAwait {
+		buf = buf[len(buf)-maxAwait:]
+	}
+	c.tail = append(c.tail[:0], buf...)
 }
 
 // CreateConsoleFile creates (truncating) path for a VM's console.
@@ -32,6 +73,7 @@ func CreateConsoleFile(path string, limit int64) (*ConsoleFile, error) {
 func (c *ConsoleFile) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.seeLocked(p)
 	room := c.limit - c.written
 	keep := int64(len(p))
 	if keep > room {

@@ -38,6 +38,36 @@ type Config struct {
 	// cgroup and files; the driver adds what only it knows (devices, the TAP) and starts
 	// the VMM through it. Nil: the VMM runs with vulcan's privileges.
 	Cell *cell.Spec
+	// MemFile, when set, backs guest RAM with a file instead of anonymous memory.
+	MemFile *MemFile
+	// Restore, when set, starts the VM from a state Machine.Save wrote instead of booting
+	// the kernel: the machine shape, devices and disks (their contents as they were at the
+	// save) must be those of the saved VM. With a private MemFile, RAM is the snapshot's
+	// memory file mapped copy-on-write and the state holds only the devices.
+	Restore string
+}
+
+// MemFile is guest RAM backed by a file.
+type MemFile struct {
+	Path string
+	// Shared maps the file shared: the guest's RAM is the file, which a snapshot keeps
+	// (and Save leaves out of its state). Otherwise it is mapped private, copy-on-write,
+	// read-only on disk: many VMs restored from one snapshot share its pages.
+	Shared bool
+}
+
+// ConsoleAwaiter is a Machine whose guest console can be watched for a line.
+type ConsoleAwaiter interface {
+	// AwaitConsole returns a channel closed once the guest writes line on its console.
+	AwaitConsole(line string) <-chan struct{}
+}
+
+// Snapshotter is a Machine that can save its state for a later Restore.
+type Snapshotter interface {
+	// Save stops the guest's vCPUs and writes the VM's state to path: devices, and RAM
+	// unless it is a shared MemFile (then the file holds it). The VM stays stopped; the
+	// caller stops the VMM after. Disks must be copied after Save returns.
+	Save(ctx context.Context, path string) error
 }
 
 // Confiner is implemented by drivers that can say whether they apply Config.Cell, and if

@@ -16,14 +16,17 @@ import (
 // TestE2BSDKOnRealVMs: the official E2B SDK, both pinned versions, against a real
 // `vulcan serve` booting real VMs — 2.51 on the base template, 2.50 on python — with
 // only E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY set.
+//
+// The server runs with fast start on (a warm pool of base VMs, snapshots), as served by
+// default, and the SDK's script also pauses and resumes (connect) its sandbox.
 func TestE2BSDKOnRealVMs(t *testing.T) {
 	if _, err := exec.LookPath("node"); err != nil {
 		t.Skip("node is not installed")
 	}
-	s := startServer(t, "")
+	s := startServer(t, "", "VULCAN_POOL=base=1:2", "VULCAN_SNAPSHOTS=true")
 	for i, m := range e2btest.SDKModules {
 		template := []string{"base", "python"}[i%2]
-		t.Run(m+"/"+template, func(t *testing.T) { e2btest.RunSDK(t, m, s.url, "any-key", template) })
+		t.Run(m+"/"+template, func(t *testing.T) { e2btest.RunSDK(t, m, s.url, "any-key", template, "VULCAN_CAN_PAUSE=1") })
 	}
 	if left := s.leftovers(); len(left) > 0 {
 		t.Errorf("left behind after the SDK's sandboxes were killed: %v", left)

@@ -113,7 +113,10 @@ func startServerIn(t testing.TB, netns, dataDir string, env ...string) *server {
 	ln.Close()
 	s := &server{t: t, bin: vulcanBin(t), dataDir: dataDir, addr: addr, url: "http://" + addr,
 		exited: make(chan error, 1), logs: &bytes.Buffer{}, netns: netns}
-	s.env = append(os.Environ(), "VULCAN_IMAGES_DIR="+images, "VULCAN_DATA_DIR="+dataDir, "VULCAN_LISTEN_ADDR="+addr)
+	// Fast start is off unless a test turns it on (env wins, being later): a warm pool
+	// and snapshot builds in every test's server would crowd two cores.
+	s.env = append(os.Environ(), "VULCAN_IMAGES_DIR="+images, "VULCAN_DATA_DIR="+dataDir, "VULCAN_LISTEN_ADDR="+addr,
+		"VULCAN_POOL=off", "VULCAN_SNAPSHOTS=false")
 	s.env = append(s.env, env...)
 	s.cmd = s.command("serve")
 	s.cmd.Env = s.env
@@ -191,7 +194,8 @@ func (s *server) vulcan(args ...string) (string, int) {
 }
 
 // leftovers lists what VMs of this server may have left: VMM processes whose command line
-// names the data dir, entries in the VM state dir (sockets, consoles, scratch, dirs).
+// names the data dir, entries in the VM state dir (sockets, consoles, scratch, dirs). The
+// warm pool's own VMs and snapshot builds (pool-*, snap-*) are the server's, not left.
 func (s *server) leftovers() []string {
 	var out []string
 	procs, _ := os.ReadDir("/proc")
@@ -204,6 +208,9 @@ func (s *server) leftovers() []string {
 		if err != nil || !bytes.Contains(cmdline, []byte(s.dataDir)) {
 			continue
 		}
+		if bytes.Contains(cmdline, []byte("/vms/pool-")) || bytes.Contains(cmdline, []byte("/vms/snap-")) {
+			continue
+		}
 		name := strings.SplitN(string(cmdline), "\x00", 2)[0]
 		if strings.Contains(name, "qemu") || strings.Contains(name, "firecracker") || strings.Contains(name, "nsenter") {
 			out = append(out, fmt.Sprintf("process %d %s", pid, name))
@@ -211,7 +218,9 @@ func (s *server) leftovers() []string {
 	}
 	vms, _ := os.ReadDir(filepath.Join(s.dataDir, "vms"))
 	for _, e := range vms {
-		out = append(out, "state "+e.Name())
+		if !strings.HasPrefix(e.Name(), "pool-") && !strings.HasPrefix(e.Name(), "snap-") {
+			out = append(out, "state "+e.Name())
+		}
 	}
 	return out
 }

@@ -25,16 +25,18 @@ func sandboxCommand() *cobra.Command {
 		Aliases: []string{"sb"},
 		Short:   "Create, list, inspect and kill sandboxes (long-lived microVMs)",
 	}
-	cmd.AddCommand(sandboxCreateCommand(), sandboxListCommand(), sandboxInfoCommand(), sandboxKillCommand(), sandboxTimeoutCommand(), sandboxWatchCommand())
+	cmd.AddCommand(sandboxCreateCommand(), sandboxListCommand(), sandboxInfoCommand(), sandboxKillCommand(), sandboxTimeoutCommand(), sandboxWatchCommand(),
+		sandboxPauseCommand(), sandboxResumeCommand())
 	return cmd
 }
 
 func sandboxCreateCommand() *cobra.Command {
 	var (
-		template, network  string
-		cpus, mem, timeout int
-		env, meta          []string
-		asJSON             bool
+		template, network     string
+		cpus, mem, timeout    int
+		env, meta             []string
+		asJSON                bool
+		autoPause, autoResume bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create",
@@ -46,7 +48,7 @@ func sandboxCreateCommand() *cobra.Command {
 				return err
 			}
 			spec := model.SandboxSpec{Template: model.Runtime(template), Network: model.NetworkPolicy(network),
-				Resources: model.Resources{CPUs: cpus, MemMB: mem}, TimeoutS: timeout}
+				Resources: model.Resources{CPUs: cpus, MemMB: mem}, TimeoutS: timeout, AutoPause: autoPause, AutoResume: autoResume}
 			if spec.Env, err = pairs(env, "--env"); err != nil {
 				return err
 			}
@@ -73,6 +75,51 @@ func sandboxCreateCommand() *cobra.Command {
 	f.StringArrayVar(&env, "env", nil, "KEY=VALUE for every process (repeatable)")
 	f.StringArrayVar(&meta, "meta", nil, "KEY=VALUE metadata (repeatable; filter with `vulcan sandbox ls --meta`)")
 	f.BoolVar(&asJSON, "json", false, "print the sandbox as JSON")
+	f.BoolVar(&autoPause, "auto-pause", false, "pause at the timeout instead of being killed")
+	f.BoolVar(&autoResume, "auto-resume", false, "when paused, resume at the next command or file operation")
+	return cmd
+}
+
+func sandboxPauseCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "pause ID",
+		Short: "Pause a sandbox: save its memory and disk, stop its VM (resume brings back its processes and files)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := newClient(cmd)
+			if err != nil {
+				return err
+			}
+			sb, err := c.PauseSandbox(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s paused in %s ms\n", sb.ID, sb.VM["pause_ms"])
+			return nil
+		},
+	}
+}
+
+func sandboxResumeCommand() *cobra.Command {
+	var timeout int
+	cmd := &cobra.Command{
+		Use:   "resume ID",
+		Short: "Resume a paused sandbox as it was",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := newClient(cmd)
+			if err != nil {
+				return err
+			}
+			sb, err := c.ResumeSandbox(cmd.Context(), args[0], timeout)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s running in %s ms, expires %s\n", sb.ID, sb.VM["start_ms"], sb.ExpiresAt.Local().Format(time.RFC3339))
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&timeout, "timeout", 0, "seconds it may run from now (default: its own timeout)")
 	return cmd
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,7 +80,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 
 	so := server.Options{Store: st, Registry: reg, Logger: log, Metrics: metrics,
 		Engine:  engine.Config{MaxConcurrent: cfg.MaxConcurrent, QueueSize: queueSize(cfg.QueueSize), OutputLimit: cfg.OutputLimit, OutputLineLimit: cfg.OutputLineLimit},
-		Sandbox: sandbox.Config{MaxSandboxes: cfg.MaxSandboxes},
+		Sandbox: sandbox.Config{MaxSandboxes: cfg.MaxSandboxes, PausedDir: filepath.Join(cfg.DataDir, "paused")},
 		API: api.Options{Token: cfg.APIToken, AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...),
 			AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout, Dashboard: dashboard.New()}}
 	if vms != nil {

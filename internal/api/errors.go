@@ -47,6 +47,10 @@ func classify(err error) (status int, code string, public bool) {
 		return http.StatusConflict, "sandbox_ended", true
 	case errors.Is(err, sandbox.ErrNotRunning):
 		return http.StatusConflict, "sandbox_not_running", true
+	case errors.Is(err, sandbox.ErrPaused), errors.Is(err, sandbox.ErrAlreadyPaused):
+		return http.StatusConflict, "sandbox_paused", true
+	case errors.Is(err, sandbox.ErrUnsupported):
+		return http.StatusNotImplemented, "unsupported", true
 	case errors.Is(err, sandbox.ErrShuttingDown):
 		return http.StatusServiceUnavailable, "shutting_down", true
 	case errors.Is(err, sandbox.ErrTooLarge):

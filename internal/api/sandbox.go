@@ -29,6 +29,8 @@ type Sandbox struct {
 	NetworkRules *model.NetworkRules `json:"network_rules,omitempty"`
 	Metadata     map[string]string   `json:"metadata"`
 	TimeoutS     int                 `json:"timeout_s"`
+	AutoPause    bool                `json:"auto_pause,omitempty"`
+	AutoResume   bool                `json:"auto_resume,omitempty"`
 	Error        string              `json:"error,omitempty"`
 	CreatedAt    time.Time           `json:"created_at"`
 	StartedAt    *time.Time          `json:"started_at"`
@@ -55,7 +57,8 @@ func NewSandbox(sb *model.Sandbox) Sandbox {
 	}
 	res := SandboxResources{CPUs: sb.Spec.Resources.CPUs, MemMB: sb.Spec.Resources.MemMB}
 	return Sandbox{ID: sb.ID, State: sb.State, Template: sb.Spec.Template, Resources: res, Network: sb.Spec.Network,
-		NetworkRules: sb.Spec.NetworkRules, Metadata: meta, TimeoutS: sb.Spec.TimeoutS, Error: sb.Error,
+		NetworkRules: sb.Spec.NetworkRules, Metadata: meta, TimeoutS: sb.Spec.TimeoutS, AutoPause: sb.Spec.AutoPause,
+		AutoResume: sb.Spec.AutoResume, Error: sb.Error,
 		CreatedAt: sb.CreatedAt, StartedAt: sb.StartedAt, EndedAt: sb.EndedAt, ExpiresAt: sb.ExpiresAt, VM: vm}
 }
 
@@ -106,6 +109,8 @@ func (s *Server) sandboxRoutes(r chi.Router) {
 	r.Get("/sandboxes/{id}", s.sandboxGet)
 	r.Delete("/sandboxes/{id}", s.sandboxKill)
 	r.Post("/sandboxes/{id}/timeout", s.sandboxTimeout)
+	r.Post("/sandboxes/{id}/pause", s.sandboxPause)
+	r.Post("/sandboxes/{id}/resume", s.sandboxResume)
 	r.Get("/sandboxes/{id}/metrics", s.sandboxMetrics)
 	r.Post("/sandboxes/{id}/processes", s.processStart)
 	r.Get("/sandboxes/{id}/processes", s.processList)
@@ -284,6 +289,44 @@ func (s *Server) sandboxTimeout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sb, err := svc.SetTimeout(r.Context(), chi.URLParam(r, "id"), body.TimeoutS)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, NewSandbox(sb))
+}
+
+func (s *Server) sandboxPause(w http.ResponseWriter, r *http.Request) {
+	svc := s.sandboxes(w, r)
+	if svc == nil {
+		return
+	}
+	var body struct{}
+	if err := decodeJSON(w, r, &body); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err := svc.Pause(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, NewSandbox(sb))
+}
+
+func (s *Server) sandboxResume(w http.ResponseWriter, r *http.Request) {
+	svc := s.sandboxes(w, r)
+	if svc == nil {
+		return
+	}
+	var body struct {
+		TimeoutS int `json:"timeout_s"`
+	}
+	if err := decodeJSON(w, r, &body); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err := svc.Resume(r.Context(), chi.URLParam(r, "id"), body.TimeoutS)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

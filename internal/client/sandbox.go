@@ -55,6 +55,18 @@ func (c *Client) SetSandboxTimeout(ctx context.Context, id string, seconds int) 
 	return &sb, c.do(ctx, http.MethodPost, sandboxPath(id, "/timeout"), map[string]int{"timeout_s": seconds}, &sb)
 }
 
+// PauseSandbox saves a running sandbox and stops its VM.
+func (c *Client) PauseSandbox(ctx context.Context, id string) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPost, sandboxPath(id, "/pause"), struct{}{}, &sb)
+}
+
+// ResumeSandbox restores a paused sandbox; timeoutS 0 keeps its own timeout.
+func (c *Client) ResumeSandbox(ctx context.Context, id string, timeoutS int) (*api.Sandbox, error) {
+	var sb api.Sandbox
+	return &sb, c.do(ctx, http.MethodPost, sandboxPath(id, "/resume"), map[string]int{"timeout_s": timeoutS}, &sb)
+}
+
 // Exec starts a process and calls fn for each of its events until its exit, which it
 // returns.
 func (c *Client) Exec(ctx context.Context, id string, req api.ProcessRequest, fn func(api.ProcessEvent)) (*api.ProcessEvent, error) {

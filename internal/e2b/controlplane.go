@@ -43,8 +43,8 @@ func (s *Server) controlPlane() http.Handler {
 	r.Delete("/sandboxes/{id}", s.kill)
 	r.Post("/sandboxes/{id}/timeout", s.setTimeout)
 	r.Get("/sandboxes/{id}/metrics", s.metrics)
-	r.Post("/sandboxes/{id}/pause", s.unsupported("pausing a sandbox is not supported by this Vulcan server yet"))
-	r.Post("/sandboxes/{id}/resume", s.unsupported("resuming a sandbox is not supported by this Vulcan server yet (nothing can be paused)"))
+	r.Post("/sandboxes/{id}/pause", s.pause)
+	r.Post("/sandboxes/{id}/resume", s.resume)
 	r.Post("/sandboxes/{id}/refreshes", s.refresh)
 	r.Post("/sandboxes/{id}/fork", s.unsupported("forking a sandbox is not supported by this Vulcan server"))
 	r.Post("/sandboxes/{id}/snapshots", s.unsupported("sandbox snapshots are not supported by this Vulcan server yet"))
@@ -116,6 +116,10 @@ func (s *Server) status(err error) (int, string) {
 		return http.StatusTooManyRequests, err.Error()
 	case errors.Is(err, sandbox.ErrShuttingDown):
 		return http.StatusServiceUnavailable, err.Error()
+	case errors.Is(err, sandbox.ErrPaused), errors.Is(err, sandbox.ErrAlreadyPaused):
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, sandbox.ErrUnsupported):
+		return http.StatusNotImplemented, err.Error()
 	case errors.Is(err, sandbox.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, err.Error()
 	case errors.Is(err, backend.ErrUnavailable):
@@ -202,8 +206,8 @@ type NewSandbox struct {
 // spec turns the request into Vulcan's, or says what cannot be done.
 func (n *NewSandbox) spec() (model.SandboxSpec, string) {
 	switch {
-	case n.AutoPause != nil && *n.AutoPause, n.AutoResume != nil && n.AutoResume.Enabled:
-		return model.SandboxSpec{}, "auto-pause and auto-resume are not supported by this Vulcan server yet"
+	case n.AutoPauseMemory != nil && !*n.AutoPauseMemory:
+		return model.SandboxSpec{}, "this Vulcan server pauses with memory only (keepMemory: false is not supported)"
 	case len(n.MCP) > 0 && string(n.MCP) != "null":
 		return model.SandboxSpec{}, "the MCP gateway is not supported; Vulcan serves MCP itself (see its README)"
 	case len(n.IAM) > 0 && string(n.IAM) != "null":
@@ -211,7 +215,8 @@ func (n *NewSandbox) spec() (model.SandboxSpec, string) {
 	case len(n.VolumeMounts) > 0:
 		return model.SandboxSpec{}, "volume mounts are not supported by this Vulcan server"
 	}
-	spec := model.SandboxSpec{Template: model.Runtime(n.TemplateID), Env: n.EnvVars, Metadata: n.Metadata}
+	spec := model.SandboxSpec{Template: model.Runtime(n.TemplateID), Env: n.EnvVars, Metadata: n.Metadata,
+		AutoPause: n.AutoPause != nil && *n.AutoPause, AutoResume: n.AutoResume != nil && n.AutoResume.Enabled}
 	if n.Timeout != nil {
 		if *n.Timeout < 1 {
 			return spec, "timeout must be at least 1 second"
@@ -290,7 +295,7 @@ func (s *Server) detail(sb *model.Sandbox, withToken bool) SandboxDetail {
 	d := SandboxDetail{SandboxID: externalID(sb.ID), TemplateID: string(sb.Spec.Template), Alias: string(sb.Spec.Template),
 		ClientID: clientID, StartedAt: started.UTC(), EndAt: sb.ExpiresAt.UTC(), EnvdVersion: EnvdVersion,
 		CPUCount: sb.Spec.Resources.CPUs, MemoryMB: sb.Spec.Resources.MemMB,
-		Metadata: md, State: "running", AllowInternet: sb.Spec.Network == model.NetworkEgress || sb.Spec.Network == model.NetworkHost}
+		Metadata: md, State: e2bState(sb.State), AllowInternet: sb.Spec.Network == model.NetworkEgress || sb.Spec.Network == model.NetworkHost}
 	if withToken {
 		d.EnvdAccessToken = s.accessToken(sb.ID)
 	}
@@ -361,6 +366,68 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// e2bState is a live or paused sandbox's state as E2B names it.
+func e2bState(st model.SandboxState) string {
+	if st == model.SandboxPaused {
+		return "paused"
+	}
+	return "running"
+}
+
+func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Memory *bool `json:"memory"`
+	}
+	if !decode(w, r, &body) {
+		return
+	}
+	if body.Memory != nil && !*body.Memory {
+		writeError(w, http.StatusBadRequest, "this Vulcan server pauses with memory only (keepMemory: false is not supported)")
+		return
+	}
+	sb, ok := s.sandboxFor(w, r)
+	if !ok {
+		return
+	}
+	if _, err := s.o.Sandboxes.Pause(r.Context(), sb.ID); err != nil {
+		if errors.Is(err, sandbox.ErrAlreadyPaused) {
+			writeError(w, http.StatusConflict, "sandbox %s is already paused", externalID(sb.ID))
+			return
+		}
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// resume is E2B's deprecated resume: 201 with the sandbox, 409 when it is running.
+func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Timeout   *int  `json:"timeout"`
+		AutoPause *bool `json:"autoPause"`
+	}
+	if !decode(w, r, &body) {
+		return
+	}
+	sb, ok := s.sandboxFor(w, r)
+	if !ok {
+		return
+	}
+	if sb.State != model.SandboxPaused {
+		writeError(w, http.StatusConflict, "sandbox %s is not paused", externalID(sb.ID))
+		return
+	}
+	timeout := 0
+	if body.Timeout != nil {
+		timeout = *body.Timeout
+	}
+	if sb, err := s.o.Sandboxes.Resume(r.Context(), sb.ID, timeout); err != nil {
+		s.fail(w, err)
+	} else {
+		writeJSON(w, http.StatusCreated, s.answer(sb))
+	}
+}
+
 func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	var body struct {
 		Timeout *int  `json:"timeout"`
@@ -371,6 +438,24 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	sb, ok := s.sandboxFor(w, r)
 	if !ok {
+		return
+	}
+	// A paused sandbox is resumed (201, as E2B answers a resume).
+	if sb.State == model.SandboxPaused {
+		if body.Memory != nil && !*body.Memory {
+			writeError(w, http.StatusBadRequest, "this Vulcan server resumes with memory only (onResume: reboot is not supported)")
+			return
+		}
+		timeout := 0
+		if body.Timeout != nil {
+			timeout = *body.Timeout
+		}
+		resumed, err := s.o.Sandboxes.Resume(r.Context(), sb.ID, timeout)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, s.answer(resumed))
 		return
 	}
 	// Connecting keeps the sandbox alive at least timeout seconds from now; it never
@@ -498,14 +583,15 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 // the old unpaged form.
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := store.SandboxFilter{States: []model.SandboxState{model.SandboxStarting, model.SandboxRunning}, Limit: 100}
+	f := store.SandboxFilter{States: []model.SandboxState{model.SandboxStarting, model.SandboxRunning, model.SandboxPaused}, Limit: 100}
 	if v := q.Get("state"); v != "" {
 		f.States = nil
 		for _, st := range strings.Split(v, ",") {
 			switch strings.TrimSpace(st) {
 			case "running":
 				f.States = append(f.States, model.SandboxStarting, model.SandboxRunning)
-			case "paused": // none can be, yet
+			case "paused":
+				f.States = append(f.States, model.SandboxPaused)
 			default:
 				writeError(w, http.StatusBadRequest, "state %q: want running or paused", clipPath(st))
 				return

@@ -148,7 +148,7 @@ func connectErr(err error) error {
 		}
 		return connect.NewError(code, errors.New(oe.Message))
 	case errors.Is(err, sandbox.ErrNotFound), errors.Is(err, sandbox.ErrEnded), errors.Is(err, sandbox.ErrNotRunning),
-		errors.Is(err, sandbox.ErrShuttingDown):
+		errors.Is(err, sandbox.ErrShuttingDown), errors.Is(err, sandbox.ErrPaused):
 		return connect.NewError(connect.CodeUnavailable, err)
 	case errors.Is(err, sandbox.ErrInvalid):
 		return connect.NewError(connect.CodeInvalidArgument, err)

@@ -68,7 +68,7 @@ func TestControlPlaneEdges(t *testing.T) {
 		{"POST", "/v2/sandboxes", "wrong", `{"templateID":"python"}`, 401, `"code":401`},
 		{"POST", "/v2/sandboxes", "sekret", `{"templateID":`, 400, `"code":400`},
 		{"POST", "/v2/sandboxes", "sekret", `{"templateID":"cobol"}`, 404, `not found`},
-		{"POST", "/v2/sandboxes", "sekret", `{"templateID":"python","autoPause":true}`, 400, `auto-pause`},
+		{"POST", "/v2/sandboxes", "sekret", `{"templateID":"python","autoPause":true,"autoPauseMemory":false}`, 400, `memory only`},
 		{"POST", "/v2/sandboxes", "sekret", `{"templateID":"python","mcp":{"x":{}}}`, 400, `MCP`},
 		{"POST", "/v2/sandboxes", "sekret", `{"templateID":"python","timeout":0}`, 400, `timeout`},
 		{"POST", "/v2/sandboxes", "sekret", `{"templateID":"python","timeout":999999999}`, 400, `timeout`},

@@ -23,7 +23,7 @@ func validIdentity(id *protocol.Identity) *protocol.OpError {
 	case id.UnixNano < 0:
 		return opErr(protocol.ErrCodeInvalid, "negative clock")
 	}
-	return nil
+	return validateSpec(&protocol.ProcessSpec{Argv: []string{"env"}, Env: id.Env})
 }
 
 // identity applies sys.identity: only an agent that owns its VM (PID 1) has an
@@ -31,6 +31,11 @@ func validIdentity(id *protocol.Identity) *protocol.OpError {
 func (a *Agent) identity(req *protocol.Request, st net.Conn) *protocol.OpError {
 	if err := validIdentity(req.Identity); err != nil {
 		return err
+	}
+	// The env is the agent's own to keep, wherever it runs; none sent keeps the one it
+	// has (a sandbox resumed by a server that never knew its env).
+	if req.Identity.Env != nil {
+		a.sess.setDefaultEnv(req.Identity.Env)
 	}
 	if a.cfg.ApplyIdentity == nil {
 		return opErr(protocol.ErrCodeUnsupported, "this agent does not own its machine (not PID 1): identity not applied")

@@ -284,12 +284,15 @@ func shellArgv(line string) []string {
 	return []string{"/bin/sh", "-c", line}
 }
 
-func sessionEnv(spec *protocol.ProcessSpec, u sessUser) []string {
+func sessionEnv(spec *protocol.ProcessSpec, u sessUser, defaults map[string]string) []string {
 	env := map[string]string{
 		"PATH": defaultPath, "HOME": u.home, "USER": u.name, "LOGNAME": u.name, "LANG": "C.UTF-8",
 	}
 	if spec.PTY != nil {
 		env["TERM"] = "xterm-256color"
+	}
+	for k, v := range defaults { // the sandbox's env (sys.identity)
+		env[k] = v
 	}
 	for k, v := range spec.Env {
 		env[k] = v
@@ -315,7 +318,7 @@ func (a *Agent) processStart(agentCtx, ctx context.Context, req *protocol.Reques
 	if e != nil {
 		return e
 	}
-	env := sessionEnv(spec, u)
+	env := sessionEnv(spec, u, a.sess.defaultEnv())
 	argv := spec.Argv
 	if spec.Shell != "" {
 		argv = shellArgv(spec.Shell)

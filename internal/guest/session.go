@@ -61,6 +61,21 @@ type sessions struct {
 
 	homeOnce sync.Once
 	home     string
+
+	envMu sync.Mutex
+	env   map[string]string // every process's env under its own (sys.identity)
+}
+
+func (s *sessions) defaultEnv() map[string]string {
+	s.envMu.Lock()
+	defer s.envMu.Unlock()
+	return s.env
+}
+
+func (s *sessions) setDefaultEnv(env map[string]string) {
+	s.envMu.Lock()
+	s.env = env
+	s.envMu.Unlock()
 }
 
 func newSessions() *sessions {

@@ -361,7 +361,8 @@ func execFor(job backend.Job) *protocol.Exec {
 // operations.
 func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS, plan bootPlan) (*vm, error) {
 	id := job.WorkloadID
-	v := &vm{b: b, id: id, key: id, driver: driver, kernel: kernel, rootfs: rootfs, source: "boot"}
+	v := &vm{b: b, id: id, key: id, driver: driver, kernel: kernel, rootfs: rootfs, source: "boot",
+		cpus: job.Spec.Resources.CPUs, memMB: job.Spec.Resources.MemMB}
 	if plan.restore != "" {
 		v.source = "snapshot"
 	}
@@ -511,6 +512,8 @@ type bootPlan struct {
 type vm struct {
 	b        *Backend
 	id       string // names its dir; a pooled VM keeps its own
+	cpus     int
+	memMB    int
 	key      string // its entry in b.vms: the workload or sandbox holding it (b.mu)
 	source   string // pool, snapshot or boot
 	driver   vmm.Driver

@@ -25,6 +25,7 @@ type VMSpec struct {
 	Resources    model.Resources
 	Network      model.NetworkPolicy
 	NetworkRules *model.NetworkRules
+	Env          map[string]string // every process's default env, kept by the guest
 }
 
 // SandboxVM is a running VM whose agent serves a session. Stop it when done; it is also
@@ -73,7 +74,7 @@ func (b *Backend) StartSandbox(ctx context.Context, spec VMSpec) (*SandboxVM, er
 	}
 	job := backend.Job{WorkloadID: spec.ID, Spec: model.Spec{
 		Runtime: spec.Template, Isolation: model.IsolationMicroVM, Resources: spec.Resources,
-		Network: spec.Network, NetworkRules: spec.NetworkRules,
+		Network: spec.Network, NetworkRules: spec.NetworkRules, Env: spec.Env,
 	}}
 	v, err := b.acquire(ctx, driver, job, set.Kernel, rootfs)
 	if err != nil {

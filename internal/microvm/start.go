@@ -46,7 +46,7 @@ func (b *Backend) acquire(ctx context.Context, driver vmm.Driver, job backend.Jo
 			return v, err
 		}
 	}
-	if err := b.identify(ctx, v, job.WorkloadID); err != nil {
+	if err := b.identify(ctx, v, job.WorkloadID, job.Spec.Env); err != nil {
 		return v, err
 	}
 	v.startTime = time.Since(start)
@@ -109,15 +109,16 @@ func (b *Backend) prepare(ctx context.Context, id string, sh shape) (*vm, string
 	return v, v.source, nil
 }
 
-// identify makes v its holder's: fresh entropy, the wall clock, a hostname of its own.
+// identify makes v its holder's: fresh entropy, the wall clock, a hostname of its own,
+// and (for a sandbox) its env as every process's default.
 // An agent that does not own its machine (the simulator's) says so, which is fine.
-func (b *Backend) identify(ctx context.Context, v *vm, holder string) error {
+func (b *Backend) identify(ctx context.Context, v *vm, holder string, env map[string]string) error {
 	seed := make([]byte, 64)
 	_, _ = rand.Read(seed)
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	_, err := v.session.Do(ctx, &protocol.Request{Op: protocol.OpIdentity, Identity: &protocol.Identity{
-		Hostname: hostnameFor(holder), UnixNano: time.Now().UnixNano(), Seed: seed,
+		Hostname: hostnameFor(holder), UnixNano: time.Now().UnixNano(), Seed: seed, Env: env,
 	}})
 	var oe *protocol.OpError
 	if errors.As(err, &oe) && oe.Code == protocol.ErrCodeUnsupported {

@@ -14,11 +14,16 @@ const (
 	SandboxFailed   SandboxState = "failed"
 	// SandboxLost: its VM died with a crashed server; set at the next start.
 	SandboxLost SandboxState = "lost"
+	// SandboxPaused: its memory and disk are saved in the data dir and its VM is gone;
+	// resuming restores it as it was (it outlives server restarts).
+	SandboxPaused SandboxState = "paused"
 )
 
 var sandboxTransitions = map[SandboxState][]SandboxState{
-	SandboxStarting: {SandboxRunning, SandboxStopping, SandboxFailed, SandboxLost},
-	SandboxRunning:  {SandboxStopping, SandboxFailed, SandboxLost},
+	SandboxStarting: {SandboxRunning, SandboxStopping, SandboxFailed, SandboxLost, SandboxPaused},
+	SandboxRunning:  {SandboxStopping, SandboxFailed, SandboxLost, SandboxPaused},
+	// A paused sandbox resumes (starting), is killed, or fails (its saved state gone).
+	SandboxPaused:   {SandboxStarting, SandboxKilled, SandboxFailed},
 	SandboxStopping: {SandboxKilled, SandboxTimedOut, SandboxFailed, SandboxLost},
 }
 
@@ -43,11 +48,11 @@ func (s SandboxState) Terminal() bool {
 
 // Valid reports whether s is a known state.
 func (s SandboxState) Valid() bool {
-	return s == SandboxStarting || s == SandboxRunning || s == SandboxStopping || s.Terminal()
+	return s == SandboxStarting || s == SandboxRunning || s == SandboxStopping || s == SandboxPaused || s.Terminal()
 }
 
 // SandboxStates lists every state, in life order.
-var SandboxStates = []SandboxState{SandboxStarting, SandboxRunning, SandboxStopping, SandboxKilled, SandboxTimedOut, SandboxFailed, SandboxLost}
+var SandboxStates = []SandboxState{SandboxStarting, SandboxRunning, SandboxPaused, SandboxStopping, SandboxKilled, SandboxTimedOut, SandboxFailed, SandboxLost}
 
 // Sandbox limits.
 const (
@@ -69,6 +74,10 @@ type SandboxSpec struct {
 	// TimeoutS is how long the sandbox lives from creation (or from the last SetTimeout);
 	// default 300, at most 24 h.
 	TimeoutS int `json:"timeout_s,omitempty"`
+	// AutoPause pauses the sandbox at its timeout instead of killing it.
+	AutoPause bool `json:"auto_pause,omitempty"`
+	// AutoResume resumes a paused sandbox at the next call that needs it running.
+	AutoResume bool `json:"auto_resume,omitempty"`
 }
 
 // Sandbox is a long-lived VM many processes and file operations run in.

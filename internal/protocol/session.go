@@ -121,6 +121,10 @@ type Identity struct {
 	// Seed is fresh host randomness the agent credits to the kernel's pool and reseeds
 	// its generator with, so clones do not share random streams.
 	Seed []byte `json:"seed,omitempty"`
+	// Env is set under every process the VM's sessions start (their own env wins): the
+	// sandbox's env, kept by the guest so that it survives a pause and a server restart
+	// (the host never stores env values). None keeps what the guest has.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 // Identity caps.

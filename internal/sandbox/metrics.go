@@ -13,6 +13,8 @@ type metrics struct {
 	rejected *prometheus.CounterVec
 	ended    *prometheus.CounterVec
 	boot     prometheus.Histogram
+	paused   prometheus.Histogram
+	resumed  prometheus.Histogram
 	// Op is the latency of operations in running sandboxes (process start to first
 	// response, file operations), by op.
 	Op *prometheus.HistogramVec
@@ -31,6 +33,14 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		}, []string{"state"}),
 		boot: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "vulcan_sandbox_boot_seconds", Help: "Time to boot a sandbox's VM to a serving agent.",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 10),
+		}),
+		paused: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "vulcan_sandbox_pause_seconds", Help: "Time to pause a sandbox: park its agent, save its memory and disk, stop its VM.",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 10),
+		}),
+		resumed: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "vulcan_sandbox_resume_seconds", Help: "Time to resume a paused sandbox to a serving agent.",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 10),
 		}),
 		Op: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -57,7 +67,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 	}, []string{"state"})
 	collector := &liveCollector{s: s, g: live}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.created, m.rejected, m.ended, m.boot, m.Op, collector} {
+	for _, c := range []prometheus.Collector{m.created, m.rejected, m.ended, m.boot, m.paused, m.resumed, m.Op, collector} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

@@ -34,6 +34,8 @@ var (
 	ErrEnded        = errors.New("sandbox has ended")
 	ErrNotRunning   = errors.New("sandbox is not running")
 	ErrShuttingDown = errors.New("server is shutting down")
+	ErrUnsupported  = errors.New("not supported by this server's VM backend")
+	ErrPaused       = errors.New("sandbox is paused; resume it first")
 )
 
 // LostReason is the error of sandboxes a previous server process left behind.
@@ -42,6 +44,16 @@ const LostReason = "the server stopped unexpectedly while the sandbox was alive;
 // Launcher boots sandbox VMs (the microVM backend, adapted in cmd/vulcan).
 type Launcher interface {
 	Launch(ctx context.Context, id string, spec model.SandboxSpec) (Machine, error)
+}
+
+// Resumer is a Launcher that can restore a sandbox paused into dir (Pauser.Pause).
+type Resumer interface {
+	Resume(ctx context.Context, id string, spec model.SandboxSpec, dir string) (Machine, error)
+}
+
+// Pauser is a Machine that can save itself into dir and stop, freeing its memory.
+type Pauser interface {
+	Pause(ctx context.Context, dir string) error
 }
 
 // Machine is a running sandbox VM.
@@ -65,6 +77,9 @@ type Config struct {
 	BootTimeout time.Duration
 	// TeardownTimeout bounds stopping one sandbox's VM; default 30s.
 	TeardownTimeout time.Duration
+	// PausedDir keeps paused sandboxes' saved VMs, one dir per sandbox; empty: pausing
+	// is refused.
+	PausedDir string
 }
 
 func (c *Config) defaults() {
@@ -118,18 +133,25 @@ type Service struct {
 	usedMem int
 	usedCPU int
 	closing bool
+
+	// pmu orders the moves out of paused (resume, kill) with each other.
+	pmu sync.Mutex
+	// envs keeps a paused sandbox's env while this process lives (the store never
+	// holds env values; the guest keeps them across restarts as its default env).
+	envs map[string]map[string]string
 }
 
 // box is a live sandbox: starting, running or stopping.
 type box struct {
-	mu     sync.Mutex
-	sb     *model.Sandbox
-	env    map[string]string
-	m      Machine // nil while starting
-	timer  *time.Timer
-	ending bool          // end has begun
-	killed bool          // Kill asked while starting
-	ended  chan struct{} // closed once the terminal state is persisted
+	mu      sync.Mutex
+	sb      *model.Sandbox
+	env     map[string]string
+	m       Machine // nil while starting
+	timer   *time.Timer
+	ending  bool          // end has begun
+	pausing bool          // Pause has begun
+	killed  bool          // Kill asked while starting
+	ended   chan struct{} // closed once the terminal state is persisted
 }
 
 // New marks sandboxes a previous process left alive as lost and returns the service.
@@ -141,7 +163,8 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	s := &Service{cfg: o.Config, st: o.Store, launch: o.Launcher, unavailable: o.Unavailable, log: o.Logger, live: map[string]*box{}}
+	s := &Service{cfg: o.Config, st: o.Store, launch: o.Launcher, unavailable: o.Unavailable, log: o.Logger, live: map[string]*box{},
+		envs: map[string]map[string]string{}}
 	if s.launch == nil && s.unavailable == nil {
 		s.unavailable = errors.New("no VM backend is configured")
 	}
@@ -150,6 +173,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		return nil, fmt.Errorf("sandbox: metrics: %w", err)
 	}
 	s.m = m
+	s.repairPaused(ctx)
 	n, err := s.st.ReconcileSandboxes(ctx, LostReason, time.Now().UTC())
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
@@ -200,16 +224,19 @@ func (s *Service) Create(ctx context.Context, spec model.SandboxSpec) (*model.Sa
 		return nil, fmt.Errorf("sandbox %s: %w", b.sb.ID, err)
 	}
 	s.m.boot.Observe(time.Since(start).Seconds())
+	return s.run(ctx, b, m)
+}
 
+// run makes a started (or resumed) box running: its timer set, its VM watched. A Kill
+// that came while it started is carried out now.
+func (s *Service) run(ctx context.Context, b *box, m Machine) (*model.Sandbox, error) {
 	b.mu.Lock()
 	b.m = m
 	killed := b.killed
 	started := time.Now().UTC()
 	b.sb.State, b.sb.StartedAt, b.sb.VM = model.SandboxRunning, &started, m.Metadata()
 	// The timeout counts from creation: a slow boot does not extend it.
-	b.timer = time.AfterFunc(time.Until(b.sb.ExpiresAt), func() {
-		s.end(b, model.SandboxTimedOut, fmt.Sprintf("timed out at %s", b.expires().Format(time.RFC3339)))
-	})
+	b.timer = time.AfterFunc(time.Until(b.sb.ExpiresAt), func() { s.expire(b) })
 	sb := b.copyLocked()
 	b.mu.Unlock()
 	if killed {
@@ -227,7 +254,12 @@ func (s *Service) Create(ctx context.Context, spec model.SandboxSpec) (*model.Sa
 func (s *Service) watch(b *box, m Machine) {
 	select {
 	case <-m.Done():
-		s.end(b, model.SandboxFailed, "the sandbox's VM stopped unexpectedly")
+		b.mu.Lock()
+		pausing := b.pausing
+		b.mu.Unlock()
+		if !pausing { // a pause stops the VM on purpose
+			s.end(b, model.SandboxFailed, "the sandbox's VM stopped unexpectedly")
+		}
 	case <-b.ended:
 	}
 }
@@ -359,12 +391,21 @@ func (s *Service) List(ctx context.Context, f store.SandboxFilter) ([]*model.San
 // Kill stops a live sandbox and returns it ended. ErrEnded if it had already ended.
 func (s *Service) Kill(ctx context.Context, id string) (*model.Sandbox, error) {
 	b := s.lookup(id)
-	if b == nil {
-		sb, err := s.st.GetSandbox(ctx, id)
-		if err != nil {
-			return nil, err
+	if b != nil {
+		b.mu.Lock()
+		pausing := b.pausing
+		b.mu.Unlock()
+		if pausing { // let the pause finish, then kill what it paused
+			select {
+			case <-b.ended:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			b = nil
 		}
-		return nil, fmt.Errorf("%w (state %s)", ErrEnded, sb.State)
+	}
+	if b == nil {
+		return s.killPaused(ctx, id)
 	}
 	b.mu.Lock()
 	if b.m == nil && !b.ending {
@@ -415,11 +456,20 @@ func (s *Service) running(ctx context.Context, id string) (*box, error) {
 		if err != nil {
 			return nil, err
 		}
+		if sb.State == model.SandboxPaused {
+			if !sb.Spec.AutoResume {
+				return nil, ErrPaused
+			}
+			if _, err := s.Resume(ctx, id, 0); err != nil {
+				return nil, err
+			}
+			return s.running(ctx, id)
+		}
 		return nil, fmt.Errorf("%w (state %s)", ErrEnded, sb.State)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.sb.State != model.SandboxRunning || b.ending {
+	if b.sb.State != model.SandboxRunning || b.ending || b.pausing {
 		return nil, fmt.Errorf("%w (state %s)", ErrNotRunning, b.sb.State)
 	}
 	return b, nil

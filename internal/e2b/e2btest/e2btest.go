@@ -52,7 +52,7 @@ var SDKModules = []string{"e2b", "e2b-2.50"}
 
 // RunSDK runs the official SDK's script (module: one of SDKModules) against url and
 // fails t with each check that failed.
-func RunSDK(t *testing.T, module, url, key, template string) {
+func RunSDK(t *testing.T, module, url, key, template string, env ...string) {
 	t.Helper()
 	dir := SDKDir(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -61,6 +61,7 @@ func RunSDK(t *testing.T, module, url, key, template string) {
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "E2B_API_URL="+url, "E2B_SANDBOX_URL="+url, "E2B_API_KEY="+key, "TEMPLATE="+template, "E2B_MODULE="+module,
 		"E2B_DOMAIN=vulcan.invalid") // nothing may leave loopback: a URL the SDK built itself would not resolve
+	cmd.Env = append(cmd.Env, env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

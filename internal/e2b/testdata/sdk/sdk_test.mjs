@@ -215,9 +215,29 @@ await check('Sandbox.connect from another client', async () => {
   assert.equal(r.stdout, 'hello\n')
 })
 
-await check('pause answers a clear error', async () => {
-  await assert.rejects(sbx.pause(), (e) => e instanceof SandboxError && /not supported/.test(e.message))
-})
+if (process.env.VULCAN_CAN_PAUSE === '1') {
+  // Real VMs: pause keeps a file and a running process; connect resumes it.
+  await check('pause, list paused, connect resumes with files and processes', async () => {
+    await sbx.files.write('paused/keep.txt', 'kept across the pause')
+    const bg = await sbx.commands.run('sleep 600', { background: true })
+    assert.equal(await sbx.pause(), true)
+    assert.equal(await Sandbox.pause(sbx.sandboxId), false) // already paused
+    const info = await Sandbox.getInfo(sbx.sandboxId)
+    assert.equal(info.state, 'paused')
+    const paused = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
+    assert.ok(paused.some((s) => s.sandboxId === sbx.sandboxId), 'listed as paused')
+    const back = await Sandbox.connect(sbx.sandboxId)
+    assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, 'running')
+    assert.equal(await back.files.read('paused/keep.txt'), 'kept across the pause')
+    const procs = await back.commands.list()
+    assert.ok(procs.some((p) => p.pid === bg.pid), `process ${bg.pid} survived: ${JSON.stringify(procs.map((p) => p.pid))}`)
+    await back.commands.kill(bg.pid)
+  })
+} else {
+  await check('pause answers a clear error', async () => {
+    await assert.rejects(sbx.pause(), (e) => e instanceof SandboxError && /not supported/.test(e.message))
+  })
+}
 
 await check('unknown template', async () => {
   await assert.rejects(Sandbox.create('cobol-' + tag), (e) => /not found/.test(e.message))

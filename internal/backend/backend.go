@@ -13,6 +13,10 @@ import (
 // ErrUnavailable is returned when no backend can run a workload; its text says why.
 var ErrUnavailable = errors.New("backend unavailable")
 
+// ErrUnsupported is returned for an operation the backend cannot do for this VM (pausing
+// one with a network, say); nothing was changed.
+var ErrUnsupported = errors.New("not supported by this server's VM backend")
+
 // Job is one workload handed to a backend.
 type Job struct {
 	WorkloadID  string

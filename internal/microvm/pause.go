@@ -41,11 +41,11 @@ type pausedVM struct {
 func (s *SandboxVM) Pause(ctx context.Context, dir string) error {
 	v := s.v
 	if v.network != nil {
-		return errors.New("a sandbox with a network cannot be paused yet")
+		return fmt.Errorf("%w: a sandbox with a network cannot be paused yet (its NIC's host side is not saved)", backend.ErrUnsupported)
 	}
 	saver, ok := v.machine.(vmm.Snapshotter)
 	if !ok {
-		return fmt.Errorf("%s machines cannot be saved", v.driver.Name())
+		return fmt.Errorf("%w: %s machines cannot be saved", backend.ErrUnsupported, v.driver.Name())
 	}
 	start := time.Now()
 	nonce, err := v.park(ctx)

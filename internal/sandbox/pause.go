@@ -74,6 +74,10 @@ func (s *Service) Pause(ctx context.Context, id string) (*model.Sandbox, error) 
 		b.mu.Lock()
 		b.pausing = false
 		b.mu.Unlock()
+		if errors.Is(err, ErrUnsupported) { // refused before anything was done: it runs on
+			b.timer.Reset(time.Until(b.expires()))
+			return nil, err
+		}
 		s.end(b, model.SandboxFailed, "pause failed: "+err.Error())
 		return nil, fmt.Errorf("sandbox %s: pause: %w", id, err)
 	}

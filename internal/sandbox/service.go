@@ -21,6 +21,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/protocol"
 	"github.com/vulcanhq/vulcan/internal/store"
@@ -34,7 +35,7 @@ var (
 	ErrEnded        = errors.New("sandbox has ended")
 	ErrNotRunning   = errors.New("sandbox is not running")
 	ErrShuttingDown = errors.New("server is shutting down")
-	ErrUnsupported  = errors.New("not supported by this server's VM backend")
+	ErrUnsupported  = backend.ErrUnsupported
 	ErrPaused       = errors.New("sandbox is paused; resume it first")
 )
 

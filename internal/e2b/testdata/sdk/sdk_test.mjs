@@ -218,20 +218,33 @@ await check('Sandbox.connect from another client', async () => {
 if (process.env.VULCAN_CAN_PAUSE === '1') {
   // Real VMs: pause keeps a file and a running process; connect resumes it.
   await check('pause, list paused, connect resumes with files and processes', async () => {
-    await sbx.files.write('paused/keep.txt', 'kept across the pause')
-    const bg = await sbx.commands.run('sleep 600', { background: true })
-    assert.equal(await sbx.pause(), true)
-    assert.equal(await Sandbox.pause(sbx.sandboxId), false) // already paused
-    const info = await Sandbox.getInfo(sbx.sandboxId)
-    assert.equal(info.state, 'paused')
-    const paused = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
-    assert.ok(paused.some((s) => s.sandboxId === sbx.sandboxId), 'listed as paused')
-    const back = await Sandbox.connect(sbx.sandboxId)
-    assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, 'running')
-    assert.equal(await back.files.read('paused/keep.txt'), 'kept across the pause')
-    const procs = await back.commands.list()
-    assert.ok(procs.some((p) => p.pid === bg.pid), `process ${bg.pid} survived: ${JSON.stringify(procs.map((p) => p.pid))}`)
-    await back.commands.kill(bg.pid)
+    const p = await Sandbox.create(template, { allowInternetAccess: false })
+    try {
+      await p.files.write('paused/keep.txt', 'kept across the pause')
+      const bg = await p.commands.run('sleep 600', { background: true })
+      assert.equal(await p.pause(), true)
+      assert.equal(await Sandbox.pause(p.sandboxId), false) // already paused
+      assert.equal((await Sandbox.getInfo(p.sandboxId)).state, 'paused')
+      const paused = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
+      assert.ok(paused.some((s) => s.sandboxId === p.sandboxId), 'listed as paused')
+      const back = await Sandbox.connect(p.sandboxId)
+      assert.equal((await Sandbox.getInfo(p.sandboxId)).state, 'running')
+      assert.equal(await back.files.read('paused/keep.txt'), 'kept across the pause')
+      const procs = await back.commands.list()
+      assert.ok(procs.some((x) => x.pid === bg.pid), `process ${bg.pid} survived: ${JSON.stringify(procs.map((x) => x.pid))}`)
+      await back.commands.kill(bg.pid)
+    } finally {
+      await Sandbox.kill(p.sandboxId)
+    }
+  })
+  await check('a sandbox with internet access is not paused, and keeps running', async () => {
+    const n = await Sandbox.create(template, { allowInternetAccess: true })
+    try {
+      await assert.rejects(n.pause(), (e) => /network/.test(e.message))
+      assert.equal((await n.commands.run('echo still')).stdout, 'still\n')
+    } finally {
+      await Sandbox.kill(n.sandboxId)
+    }
   })
 } else {
   await check('pause answers a clear error', async () => {

@@ -27,7 +27,7 @@ func benchCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure P1–P5 and S1–S3 against their baselines and targets, print a table and optionally JSON",
+		Short: "Measure P1–P5, S1–S3, E1 and F1–F5 against their baselines and targets, print a table and optionally JSON",
 		Long: "Runs, one after another, each comparison side by side and interleaved:\n" +
 			"  P1 control-plane overhead (no-op workload via the API vs a direct backend call) and rate\n" +
 			"  P2 agent overhead (python3 -c pass through the agent vs directly; needs python3)\n" +
@@ -38,7 +38,13 @@ func benchCommand() *cobra.Command {
 			"  S2 sandbox file round trip, 1 MiB and 64 MiB (PUT+GET via the API vs dd in the guest)\n" +
 			"  S3 sandbox density: idle python sandboxes up to --sandboxes (default 32, 8 with --quick),\n" +
 			"     host RSS per sandbox and exec p99 across them (target N ≥ 100 at p99 ≤ 100 ms)\n" +
-			"S1–S3 boot real sandboxes (need qemu and `make images`) and stop every one after.\n" +
+			"  E1 E2B SDK create → first command vs the native API (needs node and `make e2b-sdk`)\n" +
+			"  F1 warm-pool acquire → first exec vs a cold boot (target p50 ≤ 20 ms)\n" +
+			"  F2 snapshot restore → agent hello vs cold boot → hello (target ratio ≤ 0.1)\n" +
+			"  F3 python print(1) one-shot, VM restored from the warmed snapshot vs cold\n" +
+			"  F4 20 concurrent sandbox creates with snapshots vs cold (total; target 1.6 s)\n" +
+			"  F5 pause and resume of a 256 MiB and a 1 GiB sandbox, 40% of RAM filled\n" +
+			"S1–S3, E1 and F1–F5 boot real sandboxes (need qemu and `make images`) and stop every one after.\n" +
 			"Misses are reported, not errors; the command fails only when a measurement fails.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

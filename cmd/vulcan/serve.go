@@ -21,6 +21,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/config"
 	"github.com/vulcanhq/vulcan/internal/dashboard"
 	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/microvm"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/server"
 	"github.com/vulcanhq/vulcan/internal/store"
@@ -84,7 +85,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 		API: api.Options{Token: cfg.APIToken, AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...),
 			AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout, Dashboard: dashboard.New()}}
 	if vms != nil {
-		so.Launcher = launcher{vms}
+		so.Launcher = microvm.Launcher{B: vms}
 		so.VMs = vms
 	} else {
 		so.SandboxUnavailable = errors.New("the microVM backend could not start; see `vulcan backends`")

@@ -69,6 +69,37 @@ type Capabilities struct {
 	MaxMemMB  int               `json:"max_mem_mb"`
 	Network   bool              `json:"network"`
 	Details   map[string]string `json:"details,omitempty"` // e.g. vmm, accel, kernel version
+	// Pool and Snapshots are the fast-start state (microVM backend): warm VMs per
+	// template, and the template snapshots on disk.
+	Pool      []PoolShelf    `json:"pool,omitempty"`
+	Snapshots []SnapshotInfo `json:"snapshots,omitempty"`
+}
+
+// PoolShelf is one template's warm pool.
+type PoolShelf struct {
+	Template model.Runtime `json:"template"`
+	CPUs     int           `json:"cpus"`
+	MemMB    int           `json:"mem_mb"`
+	Idle     int           `json:"idle"`
+	Filling  int           `json:"filling"`
+	Target   int           `json:"target"`
+	Min      int           `json:"min"`
+	Max      int           `json:"max"`
+	Hits     int64         `json:"hits"`
+	Misses   int64         `json:"misses"`
+}
+
+// SnapshotInfo describes a template snapshot on disk.
+type SnapshotInfo struct {
+	Template  model.Runtime `json:"template"`
+	CPUs      int           `json:"cpus"`
+	MemMB     int           `json:"mem_mb"`
+	Key       string        `json:"key"`
+	BuildMS   int64         `json:"build_ms"`
+	SaveMS    int64         `json:"save_ms"`
+	StateSize int64         `json:"state_bytes"`
+	Mapped    bool          `json:"mapped"`  // RAM is a memory file mapped copy-on-write (else in the state)
+	Current   bool          `json:"current"` // matches today's kernel, image, agent and VMM
 }
 
 // Backend runs workloads behind one kind of isolation.

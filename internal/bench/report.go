@@ -57,7 +57,7 @@ func (o Options) tempDir() string {
 	return os.TempDir()
 }
 
-// Benchmark is one of P1–P5, S1–S3, E1.
+// Benchmark is one of P1–P5, S1–S3, E1, F1–F5.
 type Benchmark struct {
 	ID    string // "P1"
 	Title string
@@ -82,6 +82,11 @@ var All = []Benchmark{
 	{"S2", "sandbox file round trip", SandboxFiles},
 	{"S3", "sandbox density", one(Density)},
 	{"E1", "E2B SDK create → first command", one(E2BCreate)},
+	{"F1", "warm-pool acquire → first exec", one(WarmPoolAcquire)},
+	{"F2", "snapshot restore vs cold boot", one(SnapshotRestore)},
+	{"F3", "python print(1) one-shot, restored vs cold", one(OneShotRestore)},
+	{"F4", "20 concurrent sandbox creates", one(ConcurrentCreates)},
+	{"F5", "pause and resume, 256 MiB and 1 GiB", PauseResume},
 }
 
 // Select returns the benchmarks whose IDs are in only (all when only is empty).
@@ -100,7 +105,7 @@ func Select(only []string) ([]Benchmark, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3, E1)", id)
+			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3, E1, F1–F5)", id)
 		}
 	}
 	return out, nil

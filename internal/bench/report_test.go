@@ -100,7 +100,7 @@ func TestWriteJSON(t *testing.T) {
 
 func TestSelect(t *testing.T) {
 	all, err := Select(nil)
-	if err != nil || len(all) != 9 {
+	if err != nil || len(all) != 14 {
 		t.Fatalf("all: %d %v", len(all), err)
 	}
 	bs, err := Select([]string{"p3", " P1"})
@@ -127,17 +127,19 @@ func TestOptionsSamples(t *testing.T) {
 	}
 }
 
-// Without QEMU or images, S1–S3 and E1 are skip rows that say why, and boot nothing.
+// Without QEMU or images, S1–S3, E1 and F1–F5 are skip rows that say why, and boot
+// nothing.
 func TestSandboxBenchmarksSkip(t *testing.T) {
 	for _, o := range []Options{
 		{QEMUBin: "/nonexistent/qemu", ImagesDir: t.TempDir()},
 		{QEMUBin: "/bin/true", ImagesDir: t.TempDir()},
 	} {
 		rs := Run(context.Background(), o, All[5:])
-		if len(rs) != 5 {
+		ids := []string{"S1", "S2a", "S2b", "S3", "E1", "F1", "F2", "F3", "F4", "F5a", "F5b", "F5c", "F5d"}
+		if len(rs) != len(ids) {
 			t.Fatalf("results %+v", rs)
 		}
-		for i, id := range []string{"S1", "S2a", "S2b", "S3", "E1"} {
+		for i, id := range ids {
 			if rs[i].ID != id || rs[i].Verdict != Skip || rs[i].Note == "" {
 				t.Errorf("row %d: %+v", i, rs[i])
 			}

@@ -52,7 +52,16 @@ type sandboxStack struct {
 	c        *client.Client
 	stateDir string // the backend's VM state dir: empty once every sandbox has stopped
 	sbx      *sandbox.Service
+	vms      *microvm.Backend
 	close    func()
+}
+
+// fastStart turns on the fast-start paths in a stack (all off by default, as S1–S3
+// measure the cold path).
+type fastStart struct {
+	pool      map[model.Runtime]microvm.PoolSize
+	snapshots bool
+	pause     bool
 }
 
 // benchSandbox is what S1–S3 boot: the python template, 1 vCPU, 256 MiB, no network.
@@ -61,7 +70,11 @@ var benchSandbox = model.SandboxSpec{Template: model.RuntimePython,
 
 // startSandboxStack serves up to maxSandboxes sandboxes. The service's vCPU budget is
 // raised to maxSandboxes (serve's default is 4 per host CPU) so S3 can ask for more.
-func startSandboxStack(ctx context.Context, o Options, maxSandboxes int) (_ *sandboxStack, err error) {
+func startSandboxStack(ctx context.Context, o Options, maxSandboxes int, fast ...fastStart) (_ *sandboxStack, err error) {
+	var fs fastStart
+	if len(fast) > 0 {
+		fs = fast[0]
+	}
 	var undo []func()
 	cleanup := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
@@ -92,8 +105,16 @@ func startSandboxStack(ctx context.Context, o Options, maxSandboxes int) (_ *san
 		accel = qemu.AccelTCG
 	}
 	stateDir := filepath.Join(dir, "vms")
-	vms, err := microvm.New(microvm.Config{ImagesDir: o.ImagesDir, StateDir: stateDir, ScratchMB: 2048,
-		BootTimeout: bootTimeout, Logger: quiet, Metrics: metrics},
+	mc := microvm.Config{ImagesDir: o.ImagesDir, StateDir: stateDir, ScratchMB: 2048,
+		BootTimeout: bootTimeout, Logger: quiet, Metrics: metrics, Pool: fs.pool}
+	if fs.snapshots {
+		mc.SnapshotDir = filepath.Join(dir, "snapshots")
+	}
+	pausedDir := ""
+	if fs.pause {
+		pausedDir = filepath.Join(dir, "paused")
+	}
+	vms, err := microvm.New(mc,
 		microvm.ResolveDriver(microvm.DriverOptions{VMM: "qemu", QEMUBin: o.QEMUBin, QEMUAccel: accel,
 			Kernel: filepath.Join(o.ImagesDir, images.KernelFile)}))
 	if err != nil {
@@ -103,10 +124,10 @@ func startSandboxStack(ctx context.Context, o Options, maxSandboxes int) (_ *san
 	reg.Register(vms)
 	vs, err := server.New(ctx, server.Options{Store: st, Registry: reg, Logger: quiet, Metrics: metrics,
 		Engine: engine.Config{MaxConcurrent: 4, QueueSize: 16},
-		Sandbox: sandbox.Config{MaxSandboxes: maxSandboxes, CPUBudget: maxSandboxes,
+		Sandbox: sandbox.Config{MaxSandboxes: maxSandboxes, CPUBudget: maxSandboxes, PausedDir: pausedDir,
 			BootTimeout: bootTimeout, Limits: model.Limits{DefaultCPUs: 1, MaxCPUs: 8, DefaultMemMB: 256,
 				MinMemMB: 128, MaxMemMB: 8192, DefaultTimeoutS: 60, MaxTimeoutS: 3600}},
-		Launcher: launcher{vms}})
+		Launcher: microvm.Launcher{B: vms}, VMs: vms})
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +151,7 @@ func startSandboxStack(ctx context.Context, o Options, maxSandboxes int) (_ *san
 		}
 	})
 	url := "http://" + ln.Addr().String()
-	return &sandboxStack{URL: url, c: client.New(url, ""), stateDir: stateDir, sbx: sbx, close: cleanup}, nil
+	return &sandboxStack{URL: url, c: client.New(url, ""), stateDir: stateDir, sbx: sbx, vms: vms, close: cleanup}, nil
 }
 
 // Close kills what is left (the service's Shutdown) and removes everything.
@@ -153,14 +174,6 @@ func (s *sandboxStack) stopAll(ctx context.Context, ids []string) error {
 		errs = append(errs, fmt.Errorf("%d VM state dirs left in %s after stopping every sandbox", len(left), s.stateDir))
 	}
 	return errors.Join(errs...)
-}
-
-// launcher adapts the microVM backend to the sandbox service, as cmd/vulcan does.
-type launcher struct{ b *microvm.Backend }
-
-func (l launcher) Launch(ctx context.Context, id string, spec model.SandboxSpec) (sandbox.Machine, error) {
-	return l.b.StartSandbox(ctx, microvm.VMSpec{ID: id, Template: spec.Template, Resources: spec.Resources,
-		Network: spec.Network, NetworkRules: spec.NetworkRules})
 }
 
 // logfWriter turns the server's log lines into progress lines.

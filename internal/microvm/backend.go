@@ -225,6 +225,8 @@ func (b *Backend) Capabilities() backend.Capabilities {
 		caps.Details["vmm"] = "probing"
 	}
 	b.cellDetails(caps.Details)
+	caps.Pool = b.PoolStats()
+	caps.Snapshots = b.Snapshots()
 	if set.Kernel != nil {
 		caps.Details["kernel"] = set.Kernel.Manifest.Version
 	}

@@ -35,6 +35,10 @@ type cellState struct {
 
 	mu     sync.Mutex
 	groups map[string]*cell.Group // by VM id, while the VM lives
+	// parentMu orders creating a VM's group with removing an ephemeral parent: a
+	// removal between the parent's mkdir and the group's (one per v1 hierarchy) would
+	// leave the group missing from a hierarchy.
+	parentMu sync.Mutex
 }
 
 // initCell decides the confinement and reclaims this instance's cgroups a crashed run
@@ -94,7 +98,9 @@ func (b *Backend) confine(v *vm, job backend.Job, kernel *images.Kernel, rootfs 
 	if c.cgroups.Err() != nil {
 		return spec, nil
 	}
+	c.parentMu.Lock()
 	g, err := c.cgroups.Create(v.id, cellLimits(job.Spec.Resources))
+	c.parentMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
@@ -105,6 +111,8 @@ func (b *Backend) confine(v *vm, job backend.Job, kernel *images.Kernel, rootfs 
 		c.mu.Lock()
 		delete(c.groups, v.id)
 		c.mu.Unlock()
+		c.parentMu.Lock()
+		defer c.parentMu.Unlock()
 		err := g.Delete()
 		if c.ephemeral {
 			_ = c.cgroups.RemoveParent() // fails while another VM of ours has a group

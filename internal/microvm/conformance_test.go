@@ -140,28 +140,60 @@ func (h *harness) run(t *testing.T, ctx context.Context, job backend.Job) (backe
 	return res, rec, err
 }
 
-// assertNothingLeft: no VMM process, no state dir, no CID, no tracked VM, gauge at 0.
+// assertNothingLeft: no VMM process, no state dir, no CID, no tracked VM, gauge at 0 —
+// besides the warm pool's own VMs, when it has any (waited for to settle first).
 func (h *harness) assertNothingLeft(t *testing.T, job backend.Job, res backend.Result) {
 	t.Helper()
-	if entries, _ := os.ReadDir(h.state); len(entries) != 0 {
-		t.Errorf("state dir not empty after the run: %v", entries)
+	pooled := h.settlePool(t)
+	var left []string
+	entries, _ := os.ReadDir(h.state)
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "pool-") {
+			left = append(left, e.Name())
+		}
 	}
-	if n := h.b.cids.used(); n != 0 {
-		t.Errorf("%d CIDs still allocated", n)
+	if len(left) != 0 || len(entries)-len(left) != pooled {
+		t.Errorf("state dir after the run: %v (pool holds %d)", entries, pooled)
+	}
+	if n := h.b.cids.used(); n != pooled {
+		t.Errorf("%d CIDs still allocated (pool holds %d)", n, pooled)
 	}
 	h.b.mu.Lock()
 	n := len(h.b.vms)
 	h.b.mu.Unlock()
-	if n != 0 {
-		t.Errorf("%d VMs still tracked", n)
+	if n != pooled {
+		t.Errorf("%d VMs still tracked (pool holds %d)", n, pooled)
 	}
-	if g := testutil.ToFloat64(h.b.metrics.active.WithLabelValues(h.vmm)); g != 0 {
-		t.Errorf("active VMs gauge = %v, want 0", g)
+	if g := testutil.ToFloat64(h.b.metrics.active.WithLabelValues(h.vmm)); g != float64(pooled) {
+		t.Errorf("active VMs gauge = %v, want %d (the pool's)", g, pooled)
 	}
 	if pid, _ := strconv.Atoi(res.Metadata["vmm_pid"]); pid > 0 {
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Errorf("VMM process %d still exists (kill 0: %v)", pid, err)
 		}
+	}
+}
+
+// settlePool waits until no pool VM is starting and every shelf is at its target, and
+// returns how many VMs the pool holds (0 without a pool).
+func (h *harness) settlePool(t *testing.T) int {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		stats, idle, settled := h.b.PoolStats(), 0, true
+		for _, s := range stats {
+			idle += s.Idle
+			if s.Filling > 0 || s.Idle != s.Target {
+				settled = false
+			}
+		}
+		if settled && !h.b.snaps.busy() {
+			return idle
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the pool did not settle: %+v (snapshot build under way: %v)", stats, h.b.snaps.busy())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

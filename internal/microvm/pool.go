@@ -9,6 +9,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/model"
 )
 
@@ -30,18 +31,7 @@ type PoolSize struct {
 }
 
 // PoolStats is one shelf's state, for metrics, the API and the dashboard.
-type PoolStats struct {
-	Template model.Runtime `json:"template"`
-	CPUs     int           `json:"cpus"`
-	MemMB    int           `json:"mem_mb"`
-	Idle     int           `json:"idle"`
-	Filling  int           `json:"filling"`
-	Target   int           `json:"target"`
-	Min      int           `json:"min"`
-	Max      int           `json:"max"`
-	Hits     int64         `json:"hits"`
-	Misses   int64         `json:"misses"`
-}
+type PoolStats = backend.PoolShelf
 
 const (
 	poolDecay     = time.Minute     // a shelf untouched this long shrinks its target by one
@@ -188,6 +178,9 @@ func (p *pool) refill(s *shelf) {
 		}
 		start := time.Now()
 		v, source, err := p.b.prepare(ctx, "pool-"+strings.ToLower(ulid.Make().String()), s.sh)
+		if err == nil {
+			err = p.warm(ctx, v)
+		}
 		p.mu.Lock()
 		s.filling--
 		if err == nil && !p.closed {
@@ -215,6 +208,16 @@ func (p *pool) refill(s *shelf) {
 		default:
 		}
 	}
+}
+
+// warm runs, once, what the VM's first holder will: an identity (replaced at the take)
+// and a process. A restored VM's VMM starts with nothing translated (under TCG every
+// code path is translated on first use): the holder should not pay for it.
+func (p *pool) warm(ctx context.Context, v *vm) error {
+	if err := p.b.identify(ctx, v, v.id, nil); err != nil {
+		return err
+	}
+	return runShell(ctx, v.session, "true")
 }
 
 // room asks the capacity budget whether the pool may hold memMB and cpus more than it

@@ -94,8 +94,8 @@ type snapshots struct {
 	dir string
 
 	mu       sync.Mutex
-	building map[string]bool      // keys being built
-	failed   map[string]time.Time // keys whose last build failed, when
+	building map[string]chan struct{} // keys being built; closed when done
+	failed   map[string]time.Time     // keys whose last build failed, when
 }
 
 // snapshotRetry is how long a failed build is not retried.
@@ -112,7 +112,7 @@ func newSnapshots(b *Backend, dir string) *snapshots {
 			_ = os.RemoveAll(t)
 		}
 	}
-	return &snapshots{b: b, dir: dir, building: map[string]bool{}, failed: map[string]time.Time{}}
+	return &snapshots{b: b, dir: dir, building: map[string]chan struct{}{}, failed: map[string]time.Time{}}
 }
 
 // snapshotKey hashes what a snapshot's contents depend on.
@@ -154,26 +154,42 @@ const maxManifestBytes = 64 << 10
 // being built, or failed recently.
 func (s *snapshots) ensure(driver vmm.Driver, kernel *images.Kernel, rootfs *images.RootFS, sh shape, key string) {
 	s.mu.Lock()
-	if s.building[key] || time.Since(s.failed[key]) < snapshotRetry || s.get(sh, key) != nil {
+	if s.building[key] != nil || time.Since(s.failed[key]) < snapshotRetry || s.get(sh, key) != nil {
 		s.mu.Unlock()
 		return
 	}
-	s.building[key] = true
+	done := make(chan struct{})
+	s.building[key] = done
 	s.mu.Unlock()
 	s.b.bg.Go(func() {
 		ctx, cancel := context.WithTimeout(s.b.bgCtx, 5*time.Minute)
 		defer cancel()
 		_, err := s.build(ctx, driver, kernel, rootfs, sh, key)
-		s.mu.Lock()
-		delete(s.building, key)
-		if err != nil {
-			s.failed[key] = time.Now()
-		}
-		s.mu.Unlock()
+		s.finish(key, done, err)
 		if err != nil && s.b.bgCtx.Err() == nil {
 			s.b.log.Warn("snapshot build failed; VMs of this shape boot cold", "shape", sh, "err", err)
 		}
 	})
+}
+
+func (s *snapshots) finish(key string, done chan struct{}, err error) {
+	s.mu.Lock()
+	delete(s.building, key)
+	if err != nil {
+		s.failed[key] = time.Now()
+	}
+	s.mu.Unlock()
+	close(done)
+}
+
+// busy reports whether a build is under way.
+func (s *snapshots) busy() bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.building) > 0
 }
 
 // build boots the shape's template VM, warms it, saves it and publishes it atomically
@@ -315,15 +331,11 @@ func fileExists(p string) bool {
 }
 
 // SnapshotInfo describes a snapshot on disk, for status pages and benchmarks.
-type SnapshotInfo struct {
-	Template  model.Runtime `json:"template"`
-	CPUs      int           `json:"cpus"`
-	MemMB     int           `json:"mem_mb"`
-	Key       string        `json:"key"`
-	BuildMS   int64         `json:"build_ms"`
-	SaveMS    int64         `json:"save_ms"`
-	StateSize int64         `json:"state_bytes"`
-	Current   bool          `json:"current"` // matches today's kernel, image, agent and VMM
+type SnapshotInfo = backend.SnapshotInfo
+
+func (s *snapshot) info(current bool) SnapshotInfo {
+	return SnapshotInfo{Template: s.Template, CPUs: s.CPUs, MemMB: s.MemMB, Key: s.Key, BuildMS: s.BuildMS, SaveMS: s.SaveMS,
+		StateSize: s.StateSize, Mapped: s.Mapped, Current: current}
 }
 
 // Snapshots lists the snapshots on disk.
@@ -344,7 +356,7 @@ func (b *Backend) Snapshots() []SnapshotInfo {
 		if json.Unmarshal(raw, &s) != nil {
 			continue
 		}
-		info := SnapshotInfo{Template: s.Template, CPUs: s.CPUs, MemMB: s.MemMB, Key: s.Key, BuildMS: s.BuildMS, SaveMS: s.SaveMS, StateSize: s.StateSize}
+		info := s.info(false)
 		if driver != nil && set.Kernel != nil && set.RootFS[s.Template] != nil {
 			info.Current = b.snapshotKey(driver, set.Kernel, set.RootFS[s.Template], shape{s.Template, s.CPUs, s.MemMB}) == s.Key
 		}
@@ -370,14 +382,31 @@ func (b *Backend) BuildSnapshot(ctx context.Context, template model.Runtime, r m
 	}
 	sh := shapeOf(template, r)
 	key := b.snapshotKey(driver, set.Kernel, rootfs, sh)
-	if s := b.snaps.get(sh, key); s != nil {
-		return SnapshotInfo{Template: s.Template, CPUs: s.CPUs, MemMB: s.MemMB, Key: s.Key, BuildMS: s.BuildMS, SaveMS: s.SaveMS, StateSize: s.StateSize, Current: true}, nil
+	for {
+		b.snaps.mu.Lock()
+		if s := b.snaps.get(sh, key); s != nil {
+			b.snaps.mu.Unlock()
+			return s.info(true), nil
+		}
+		if wait := b.snaps.building[key]; wait != nil { // one build per key at a time
+			b.snaps.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return SnapshotInfo{}, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		b.snaps.building[key] = done
+		b.snaps.mu.Unlock()
+		s, err := b.snaps.build(ctx, driver, set.Kernel, rootfs, sh, key)
+		b.snaps.finish(key, done, err)
+		if err != nil {
+			return SnapshotInfo{}, err
+		}
+		return s.info(true), nil
 	}
-	s, err := b.snaps.build(ctx, driver, set.Kernel, rootfs, sh, key)
-	if err != nil {
-		return SnapshotInfo{}, err
-	}
-	return SnapshotInfo{Template: s.Template, CPUs: s.CPUs, MemMB: s.MemMB, Key: s.Key, BuildMS: s.BuildMS, SaveMS: s.SaveMS, StateSize: s.StateSize, Current: true}, nil
 }
 
 // runShell runs a command line in the guest as the user and waits for it to succeed.

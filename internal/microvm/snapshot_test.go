@@ -188,3 +188,28 @@ func TestWarmPool(t *testing.T) {
 func backendSink(lines *[]string) backend.Sink {
 	return backend.SinkFunc(func(_ model.Stream, text string, _ bool) { *lines = append(*lines, text) })
 }
+
+// TestConformanceFastStart runs the sandbox conformance cases and a workload with the
+// warm pool and snapshots on: every VM comes from the pool (restored from the template's
+// snapshot), and what the cases assert holds for them as for cold-booted ones.
+func TestConformanceFastStart(t *testing.T) {
+	h, _ := fastHarness(t, map[model.Runtime]PoolSize{model.RuntimePython: {Min: 1, Max: 1}})
+	ctx := context.Background()
+	if _, err := h.b.BuildSnapshot(ctx, model.RuntimePython, model.Resources{CPUs: 1, MemMB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	h.settlePool(t)
+	t.Run("workload", func(t *testing.T) {
+		res, rec, err := h.run(t, ctx, h.job(model.RuntimePython, "print(6*7)"))
+		if err != nil || res.ExitCode != 0 || rec.text(model.Stdout) != "42" {
+			t.Fatalf("run: %v %+v %q", err, res, rec.text(model.Stdout))
+		}
+		if res.Metadata["start"] != "pool" {
+			t.Errorf("the workload's VM came from %q, want pool", res.Metadata["start"])
+		}
+	})
+	runSandboxConformance(t, h)
+	if s := h.b.PoolStats(); len(s) != 1 || s[0].Hits < 3 {
+		t.Errorf("pool stats %+v: want a hit per VM taken", s)
+	}
+}

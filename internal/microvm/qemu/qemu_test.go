@@ -17,7 +17,7 @@ import (
 func TestBootArgs(t *testing.T) {
 	got := BootArgs([]string{"vulcan.hostname=vulcan", "ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off"})
 	want := "console=ttyS0 reboot=t panic=-1 quiet root=/dev/vda ro rootfstype=ext4 init=/usr/local/bin/vulcan-guest " +
-		"random.trust_cpu=on i8042.noaux i8042.nokbd vulcan.listen=serial:vulcan.agent vulcan.hostname=vulcan " +
+		"random.trust_cpu=on i8042.noaux i8042.nokbd no_timer_check vulcan.listen=serial:vulcan.agent vulcan.hostname=vulcan " +
 		"ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off"
 	if got != want {
 		t.Errorf("BootArgs =\n%s\nwant\n%s", got, want)

@@ -43,5 +43,31 @@ function card(b, stats) {
       row("Max memory", caps.max_mem_mb ? caps.max_mem_mb + " MiB" : "—"),
       row("Networking", caps.network ? "yes" : "no"),
       row("Server load", `${stats.running} running, ${stats.queued} queued · at most ${stats.max_concurrent} at once, queue of ${stats.queue_size}`)),
+    fastStart(caps),
     other.length ? [h("h3", {}, "Details"), h("dl", { class: "facts" }, other.map(([k, v]) => row(k.replaceAll("_", " "), h("code", {}, v))))] : null);
+}
+
+// fastStart shows the warm pool's shelves and the template snapshots on disk.
+function fastStart(caps) {
+  const pool = caps.pool || [], snaps = caps.snapshots || [];
+  if (!pool.length && !snaps.length) return null;
+  const mib = (b) => (b / 1048576).toFixed(1) + " MiB";
+  return [
+    h("h3", {}, "Warm pool"),
+    pool.length ? h("table", { class: "table", id: "pool" },
+      h("thead", {}, h("tr", {}, ["Template", "Shape", "Idle", "Target (min–max)", "Hits", "Misses"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, pool.map((p) => h("tr", { dataset: { template: p.template } },
+        h("td", {}, p.template), h("td", {}, `${p.cpus} vCPU · ${p.mem_mb} MiB`),
+        h("td", { dataset: { k: "idle" } }, String(p.idle) + (p.filling ? ` (+${p.filling} starting)` : "")),
+        h("td", {}, `${p.target} (${p.min}–${p.max})`), h("td", {}, String(p.hits)), h("td", {}, String(p.misses))))))
+      : h("p", { class: "muted" }, "No warm pool (VULCAN_POOL=off)."),
+    h("h3", {}, "Snapshots"),
+    snaps.length ? h("table", { class: "table", id: "snapshots" },
+      h("thead", {}, h("tr", {}, ["Template", "Shape", "State", "Built in", "Current"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, snaps.map((s) => h("tr", {},
+        h("td", {}, s.template), h("td", {}, `${s.cpus} vCPU · ${s.mem_mb} MiB`),
+        h("td", {}, mib(s.state_bytes) + (s.mapped ? " + mapped memory" : "")), h("td", {}, s.build_ms + " ms"),
+        h("td", {}, s.current ? "yes" : "stale")))))
+      : h("p", { class: "muted" }, "None yet: each template's is built after its first cold start."),
+  ];
 }

@@ -21,8 +21,10 @@ export function render(main, { params }) {
   const extendSel = h("select", { id: "extend-by", "aria-label": "Extend by" }, EXTEND.map(([v, l]) => h("option", { value: v }, "+" + l)));
   const extendBtn = h("button", { type: "button", id: "extend", onclick: extend }, "Extend");
   const killBtn = h("button", { type: "button", class: "danger", id: "kill", onclick: kill }, "Kill");
+  const pauseBtn = h("button", { type: "button", id: "pause", onclick: () => lifecycle("pause", pauseBtn, "pausing…") }, "Pause");
+  const resumeBtn = h("button", { type: "button", id: "resume", hidden: true, onclick: () => lifecycle("resume", resumeBtn, "resuming…") }, "Resume");
   const actionMsg = h("span", { class: "muted", id: "action-msg", "aria-live": "polite" });
-  const controls = h("div", { class: "controls", id: "controls", hidden: true }, extendSel, extendBtn, killBtn);
+  const controls = h("div", { class: "controls", id: "controls", hidden: true }, extendSel, extendBtn, pauseBtn, resumeBtn, killBtn);
   const facts = h("dl", { class: "facts", id: "facts" });
   const usage = h("dl", { class: "facts", id: "usage" });
   const problem = h("div");
@@ -79,6 +81,10 @@ export function render(main, { params }) {
     replace(stateEl, stateBadge(sb.state));
     if (was && was !== sb.state) announce("Sandbox " + sb.state.replace("_", " "));
     controls.hidden = ended() || sb.state === "stopping";
+    const paused = sb.state === "paused";
+    pauseBtn.hidden = paused || sb.state !== "running";
+    resumeBtn.hidden = !paused;
+    extendBtn.hidden = extendSel.hidden = paused;
     drawFacts();
     if (ended()) {
       clearTimeout(stateTimer);
@@ -102,6 +108,8 @@ export function render(main, { params }) {
       sb.ended_at ? row("Ended", time(sb.ended_at)) : row("Time left", left(sb.expires_at), "left"),
       ended() ? null : row("Expires", time(sb.expires_at), "expires"),
       md.length ? row("Metadata", h("ul", { class: "chips small" }, md.map(([k, v]) => h("li", {}, h("span", { class: "mono" }, k), "=", v))), "metadata") : null,
+      sb.state === "paused" && vm.paused_at ? row("Paused", time(vm.paused_at), "paused") : null,
+      vm.start ? row("Started from", vm.start + (vm.start_ms ? ` in ${vm.start_ms} ms` : ""), "start") : null,
       vm.vm_id ? row("VM", h("span", { class: "mono" }, vm.vm_id + (vm.vmm ? ` (${vm.vmm}${vm.accel ? ", " + vm.accel : ""})` : ""))) : null,
       sb.error ? row("Error", h("span", { class: "err" }, sb.error), "error") : null);
   }
@@ -285,6 +293,23 @@ export function render(main, { params }) {
       poll();
     } finally {
       killBtn.disabled = false;
+    }
+  }
+
+  // Pause saves the sandbox and stops its VM; Resume brings it back as it was.
+  async function lifecycle(action, btn, doing) {
+    btn.disabled = true;
+    actionMsg.textContent = doing;
+    try {
+      update(await request("POST", base + "/" + action, { body: {} }));
+      const vm = sb.vm || {};
+      actionMsg.textContent = action === "pause" ? `Paused in ${vm.pause_ms} ms.` : `Resumed in ${vm.start_ms} ms.`;
+      if (action === "resume") { poll(); live(); }
+    } catch (err) {
+      actionMsg.textContent = err.message;
+      poll();
+    } finally {
+      btn.disabled = false;
     }
   }
 

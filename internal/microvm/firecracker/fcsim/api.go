@@ -98,6 +98,8 @@ type vm struct {
 	logger  *logger
 	metrics *metrics
 	started bool
+	// afterResponse runs once the current request's answer is sent (ServeHTTP).
+	afterResponse func()
 	guest   *guest
 
 	exit     chan struct{}
@@ -126,12 +128,22 @@ func (v *vm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"fault_message": err.Error()})
 		return
 	}
-	if body == nil {
-		w.WriteHeader(status)
-		return
-	}
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(body)
+	if body != nil {
+		_ = json.NewEncoder(w).Encode(body)
+	}
+	// What must follow the answer (a power off) runs once the answer is sent: the
+	// process exiting first would leave the client an EOF instead of its 204.
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	v.mu.Lock()
+	after := v.afterResponse
+	v.afterResponse = nil
+	v.mu.Unlock()
+	if after != nil {
+		after()
+	}
 }
 
 func (v *vm) route(r *http.Request) (int, any, error) {
@@ -407,8 +419,8 @@ func (v *vm) action(body []byte) (int, any, error) {
 			return 0, nil, badRequest("The requested operation is not supported before starting the microVM.")
 		}
 		// The agent as PID 1 turns Ctrl-Alt-Del into a power off; here the guest is
-		// powered off at once, which is what the host observes.
-		go v.shutdown("SendCtrlAltDel")
+		// powered off once the answer is out, which is what the host observes.
+		v.afterResponse = func() { go v.shutdown("SendCtrlAltDel") } // v.mu is held (route)
 	case "FlushMetrics":
 		if v.metrics == nil {
 			return 0, nil, badRequest("The metrics system was not initialized.")

@@ -100,7 +100,7 @@ type vm struct {
 	started bool
 	// afterResponse runs once the current request's answer is sent (ServeHTTP).
 	afterResponse func()
-	guest   *guest
+	guest         *guest
 
 	exit     chan struct{}
 	exitOnce sync.Once

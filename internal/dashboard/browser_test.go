@@ -442,7 +442,9 @@ func startServer(t *testing.T, images string) string {
 	ln.Close()
 	srv := exec.Command(bin, "serve", "--listen", addr, "--data-dir", testenv.ShortTempDir(t), "--images-dir", images)
 	srv.Dir = t.TempDir() // no stray .env
-	srv.Env = append(os.Environ(), "VULCAN_MAX_CONCURRENT=2", "VULCAN_API_TOKEN=")
+	// Fast start off: the metrics case compares boot counts read at two moments, which
+	// a pool refilling in the background would move between them.
+	srv.Env = append(os.Environ(), "VULCAN_MAX_CONCURRENT=2", "VULCAN_API_TOKEN=", "VULCAN_POOL=off", "VULCAN_SNAPSHOTS=false")
 	var logs syncBuffer
 	srv.Stdout, srv.Stderr = &logs, &logs
 	if err := srv.Start(); err != nil {

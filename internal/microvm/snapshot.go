@@ -195,7 +195,7 @@ func (s *snapshots) busy() bool {
 // build boots the shape's template VM, warms it, saves it and publishes it atomically
 // (a rename of a complete dir), then removes the shape's stale snapshots.
 func (s *snapshots) build(ctx context.Context, driver vmm.Driver, kernel *images.Kernel, rootfs *images.RootFS, sh shape, key string) (_ *snapshot, err error) {
-	if _, ok := driver.(interface{ Snapshots() bool }); !ok {
+	if !canSnapshot(driver) {
 		return nil, fmt.Errorf("%s cannot take snapshots here", driver.Name())
 	}
 	start := time.Now()
@@ -407,6 +407,12 @@ func (b *Backend) BuildSnapshot(ctx context.Context, template model.Runtime, r m
 		}
 		return s.info(true), nil
 	}
+}
+
+// canSnapshot reports whether driver's machines can be saved and restored.
+func canSnapshot(driver vmm.Driver) bool {
+	d, ok := driver.(interface{ Snapshots() bool })
+	return ok && d.Snapshots()
 }
 
 // runShell runs a command line in the guest as the user and waits for it to succeed.

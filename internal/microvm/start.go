@@ -58,7 +58,7 @@ func (b *Backend) acquire(ctx context.Context, driver vmm.Driver, job backend.Jo
 // exists, else booted (and, when allowed, the snapshot built in the background).
 func (b *Backend) bootFor(ctx context.Context, driver vmm.Driver, job backend.Job, kernel *images.Kernel, rootfs *images.RootFS, restorable bool) (*vm, error) {
 	if restorable && b.snaps != nil {
-		if _, ok := driver.(interface{ Snapshots() bool }); ok {
+		if canSnapshot(driver) {
 			sh := shapeOf(job.Spec.Runtime, job.Spec.Resources)
 			key := b.snapshotKey(driver, kernel, rootfs, sh)
 			if snap := b.snaps.get(sh, key); snap != nil {

@@ -36,7 +36,8 @@ type PoolStats = backend.PoolShelf
 const (
 	poolDecay     = time.Minute     // a shelf untouched this long shrinks its target by one
 	poolTick      = time.Second     // how often shelves check room and decay
-	poolRetryWait = 5 * time.Second // after a failed refill
+	poolRetryWait = 5 * time.Second // after a failed refill, doubling up to poolRetryMax
+	poolRetryMax  = 2 * time.Minute
 )
 
 type pool struct {
@@ -143,6 +144,7 @@ func (p *pool) refill(s *shelf) {
 	ctx := p.b.bgCtx
 	tick := time.NewTicker(poolTick)
 	defer tick.Stop()
+	retry := poolRetryWait // a refill that keeps failing (an image missing) backs off
 	for {
 		select {
 		case <-ctx.Done():
@@ -193,15 +195,17 @@ func (p *pool) refill(s *shelf) {
 		}
 		if err != nil {
 			if ctx.Err() == nil {
-				p.b.log.Warn("warm pool refill failed", "shape", s.sh, "err", err)
+				p.b.log.Warn("warm pool refill failed", "shape", s.sh, "retry_in", retry, "err", err)
 				select {
 				case <-ctx.Done():
 					return
-				case <-time.After(poolRetryWait):
+				case <-time.After(retry):
 				}
+				retry = min(2*retry, poolRetryMax)
 			}
 			continue
 		}
+		retry = poolRetryWait
 		p.b.metrics.poolRefill.WithLabelValues(string(s.sh.template), source).Observe(time.Since(start).Seconds())
 		select { // keep going until the target is met
 		case s.kick <- struct{}{}:

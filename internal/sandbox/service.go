@@ -3,9 +3,10 @@
 // timeout, kill, the VM dying under them), persists every state change in the store, and
 // hands callers the agent session of a running sandbox for processes and files.
 //
-// A sandbox never outlives its server: a server that stops kills its sandboxes, and one
-// that crashed finds them "lost" at its next start (the backend's startup reclaim removes
-// what their VMs left).
+// A running sandbox never outlives its server: a server that stops kills its running
+// sandboxes, and one that crashed finds them "lost" at its next start (the backend's
+// startup reclaim removes what their VMs left). A paused one has no VM: its saved state
+// is in PausedDir and it outlives restarts (pause.go).
 package sandbox
 
 import (

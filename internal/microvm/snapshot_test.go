@@ -75,6 +75,7 @@ func TestSnapshotClonesAreUnique(t *testing.T) {
 		return facts{l[0], l[1], l[2], l[3], l[4], l[5]}
 	}
 	var got []facts
+	cids, socks := map[string]bool{}, map[string]bool{}
 	for i := range 2 {
 		id := fmt.Sprintf("clone%d-%d", i, time.Now().UnixNano()%1e9)
 		start := time.Now()
@@ -83,9 +84,15 @@ func TestSnapshotClonesAreUnique(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("clone %d ready in %v: %v", i, time.Since(start), sb.Metadata())
-		if md := sb.Metadata(); md["start"] != "snapshot" {
+		md := sb.Metadata()
+		if md["start"] != "snapshot" {
 			t.Errorf("clone %d started from %q, want snapshot", i, md["start"])
 		}
+		// Its own CID and VM dir (its sockets and disk are in it).
+		if cids[md["cid"]] || socks[md["vm_id"]] {
+			t.Errorf("clone %d shares its CID %s or VM dir %s with the other", i, md["cid"], md["vm_id"])
+		}
+		cids[md["cid"]], socks[md["vm_id"]] = true, true
 		f := probe(sb.Session(), strconv.Itoa(i))
 		if f.hostname != hostnameFor(id) {
 			t.Errorf("clone %d hostname %q, want %q", i, f.hostname, hostnameFor(id))

@@ -38,6 +38,10 @@ const (
 	poolTick      = time.Second     // how often shelves check room and decay
 	poolRetryWait = 5 * time.Second // after a failed refill, doubling up to poolRetryMax
 	poolRetryMax  = 2 * time.Minute
+	// poolHoldoff delays the refill after a take: starting the next VM competes for
+	// the host's cores with the first commands of the VM just handed out, which its
+	// holder is waiting for (two cores under TCG: a restore takes 0.2–0.7 s of CPU).
+	poolHoldoff = 500 * time.Millisecond
 )
 
 type pool struct {
@@ -60,6 +64,7 @@ type shelf struct {
 	hits    int64
 	misses  int64
 	kick    chan struct{}
+	holdoff time.Time // no refill starts before it (poolHoldoff after a take)
 }
 
 func newPool(b *Backend, sizes map[model.Runtime]PoolSize) *pool {
@@ -124,6 +129,7 @@ func (p *pool) take(sh shape) *vm {
 	}
 	if v != nil {
 		s.hits++
+		s.holdoff = time.Now().Add(poolHoldoff)
 	} else {
 		s.misses++
 		if s.target < s.size.Max {
@@ -168,6 +174,21 @@ func (p *pool) refill(s *shelf) {
 			s.idle = s.idle[:len(s.idle)-1]
 		}
 		want := len(s.idle)+s.filling < s.target && p.room(s.sh.memMB, s.sh.cpus)
+		wait := time.Until(s.holdoff)
+		if want && wait > 0 {
+			// Let the last holder's first commands run before the next VM starts.
+			p.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			select {
+			case s.kick <- struct{}{}:
+			default:
+			}
+			continue
+		}
 		if want {
 			s.filling++
 		}

@@ -78,3 +78,51 @@ func TestPauseResumeAcrossRestart(t *testing.T) {
 		t.Errorf("the saved VM outlived the sandbox: %v", err)
 	}
 }
+
+// TestWarmPoolCrashReclaim: a server with a warm pool is killed -9 with its pool full;
+// its pooled VMs die with it (parent-death signal) or at the next start (reclaim), which
+// leaves no VMM and no VM state behind, and a workload then runs.
+func TestWarmPoolCrashReclaim(t *testing.T) {
+	data, err := os.MkdirTemp("", "vacc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	s := startServer(t, data, "VULCAN_POOL=python=1:1")
+	deadline := time.Now().Add(2 * time.Minute)
+	for s.metric("vulcan_pool_idle_vms", `template="python"`) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the pool never filled")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	vms, _ := os.ReadDir(filepath.Join(data, "vms"))
+	if len(vms) == 0 {
+		t.Fatal("a full pool but no VM in the state dir")
+	}
+	s.crash()
+	s = startServer(t, data) // pool off: whatever is left is the crashed server's
+	if out, code := s.vulcan("run", "--runtime", "python", "--code", "print(7*6)"); code != 0 || !strings.Contains(out, "42") {
+		t.Fatalf("run after the crash: %d %s", code, out)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		left := s.leftovers()
+		pooled, _ := os.ReadDir(filepath.Join(data, "vms"))
+		if len(left) == 0 && len(pooled) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the restart: %v, state dir %v", left, pooled)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// No VMM of the crashed server's pool survives either.
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), data) && strings.Contains(string(cmdline), "/vms/pool-") {
+			t.Errorf("pool VMM %s of the crashed server still runs: %q", p.Name(), cmdline)
+		}
+	}
+}

@@ -78,6 +78,16 @@ func TestMCPOnRealVMs(t *testing.T) {
 	if out, _ := call("file_read", map[string]any{"id": id, "path": "out.txt"}); out["content"] != "45\n" {
 		t.Errorf("file_read: %v", out)
 	}
+	// Pause and resume through the tools: the file is still there.
+	if out, _ := call("sandbox_pause", map[string]any{"id": id}); out["state"] != "paused" {
+		t.Errorf("sandbox_pause: %v", out)
+	}
+	if out, _ := call("sandbox_resume", map[string]any{"id": id}); out["state"] != "running" {
+		t.Errorf("sandbox_resume: %v", out)
+	}
+	if out, _ := call("file_read", map[string]any{"id": id, "path": "out.txt"}); out["content"] != "45\n" {
+		t.Errorf("file_read after a pause and resume: %v", out)
+	}
 	if out, _ := call("sandbox_kill", map[string]any{"id": id}); out["state"] != "killed" {
 		t.Errorf("sandbox_kill: %v", out)
 	}

@@ -72,7 +72,7 @@ func exercise(t *testing.T, cs *mcp.ClientSession) {
 	for _, tl := range tools.Tools {
 		names[tl.Name] = true
 	}
-	for _, want := range []string{"run_code", "sandbox_create", "sandbox_list", "sandbox_kill", "sandbox_exec", "file_read", "file_write", "file_list"} {
+	for _, want := range []string{"run_code", "sandbox_create", "sandbox_list", "sandbox_kill", "sandbox_pause", "sandbox_resume", "sandbox_exec", "file_read", "file_write", "file_list"} {
 		if !names[want] {
 			t.Errorf("tool %s missing (have %v)", want, names)
 		}

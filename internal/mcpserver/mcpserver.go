@@ -47,6 +47,8 @@ func New(c *client.Client) *mcp.Server {
 	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_create", Description: "Create a sandbox: a microVM that stays up for many commands and file operations until killed or its timeout (default 300 s)."}, t.sandboxCreate)
 	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_list", Description: "List live sandboxes."}, t.sandboxList)
 	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_kill", Description: "Kill a sandbox (its VM and everything in it)."}, t.sandboxKill)
+	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_pause", Description: "Pause a sandbox: its memory and disk are saved and its VM stopped; sandbox_resume brings it back with its processes and files."}, t.sandboxPause)
+	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_resume", Description: "Resume a paused sandbox as it was."}, t.sandboxResume)
 	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_exec", Description: "Run a shell command (bash -l -c) in a sandbox and return its exit code and output."}, t.sandboxExec)
 	mcp.AddTool(s, &mcp.Tool{Name: "file_read", Description: "Read a text file of a sandbox (at most 1 MiB)."}, t.fileRead)
 	mcp.AddTool(s, &mcp.Tool{Name: "file_write", Description: "Write a text file in a sandbox (parent directories are made)."}, t.fileWrite)
@@ -175,6 +177,22 @@ type IDIn struct {
 
 func (t *tools) sandboxKill(ctx context.Context, _ *mcp.CallToolRequest, in IDIn) (*mcp.CallToolResult, SandboxOut, error) {
 	sb, err := t.c.KillSandbox(ctx, in.ID)
+	if err != nil {
+		return nil, SandboxOut{}, toolErr(err)
+	}
+	return nil, sandboxOut(sb), nil
+}
+
+func (t *tools) sandboxPause(ctx context.Context, _ *mcp.CallToolRequest, in IDIn) (*mcp.CallToolResult, SandboxOut, error) {
+	sb, err := t.c.PauseSandbox(ctx, in.ID)
+	if err != nil {
+		return nil, SandboxOut{}, toolErr(err)
+	}
+	return nil, sandboxOut(sb), nil
+}
+
+func (t *tools) sandboxResume(ctx context.Context, _ *mcp.CallToolRequest, in IDIn) (*mcp.CallToolResult, SandboxOut, error) {
+	sb, err := t.c.ResumeSandbox(ctx, in.ID, 0)
 	if err != nil {
 		return nil, SandboxOut{}, toolErr(err)
 	}

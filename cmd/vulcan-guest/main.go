@@ -50,6 +50,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, pid1 bool
 		outputLimit = fs.Int64("output-limit", 1<<20, "default output cap in bytes")
 		verbose     = fs.Bool("v", false, "debug logging")
 		showVersion = fs.Bool("version", false, "print the version and exit")
+		parked      = fs.String("parked", "", "start parked on this nonce, as an agent saved after sys.quiesce is when restored (for VMM simulators, which cannot restore a process)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -79,9 +80,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, pid1 bool
 		Logger:       log,
 		Reap:         pid1,
 	}
+	// The console (stderr) gets the line a host waits for before it saves a parked VM.
+	cfg.Console = stderr
+	cfg.ParkedNonce = *parked
 	if pid1 {
 		cfg.ApplyIdentity = guest.ApplyIdentity
-		cfg.Console = os.Stderr
 		var k guest.KernelArgs
 		var err error
 		ctx, k, err = guest.Init(ctx, log)

@@ -49,6 +49,9 @@ type Config struct {
 	// Console, when set, gets the line the host waits for before it saves a parked VM
 	// (the VM's console; os.Stderr as PID 1).
 	Console io.Writer
+	// ParkedNonce starts the agent parked, waiting for the wake line of this nonce
+	// (park.go): what a simulator starts in place of a restored agent.
+	ParkedNonce string
 	// ApplyIdentity applies sys.identity (ApplyIdentity when PID 1); nil: the agent
 	// refuses it as unsupported (it is a host process in tests).
 	ApplyIdentity func(*protocol.Identity) error
@@ -102,6 +105,9 @@ type Agent struct {
 func New(cfg Config) *Agent {
 	cfg.setDefaults()
 	a := &Agent{cfg: cfg, log: cfg.Logger, spawn: directSpawner{}, sess: newSessions()}
+	if nonceRE.MatchString(cfg.ParkedNonce) {
+		a.parkNonce, a.parkAnnounced = cfg.ParkedNonce, true
+	}
 	if cfg.Reap {
 		a.spawn = startReaper()
 	}
@@ -137,8 +143,12 @@ func (a *Agent) Serve(ctx context.Context, l Listener) error {
 			return err
 		}
 		wg.Go(func() {
-			defer rw.Close()
-			if a.session(ctx, rw) {
+			powerOff := a.session(ctx, rw)
+			rw.Close()
+			// A quiesced session is over and its stream closed (a serial port's reads
+			// have returned): only now may the host save the VM.
+			a.announcePark()
+			if powerOff {
 				cancel(ErrPowerOff)
 			}
 		})

@@ -34,9 +34,16 @@ func (a *Agent) quiesce(req *protocol.Request, st net.Conn, end func()) {
 	end()
 }
 
-// parked returns the nonce to wait for, "" when not parked, and announces the park on
-// the console once (the host waits for the line before it saves the VM).
+// parked returns the nonce to wait for, "" when not parked.
 func (a *Agent) parked() string {
+	a.parkMu.Lock()
+	defer a.parkMu.Unlock()
+	return a.parkNonce
+}
+
+// announcePark says on the console, once, that the agent is parked: the host waits for
+// the line before it saves the VM.
+func (a *Agent) announcePark() {
 	a.parkMu.Lock()
 	defer a.parkMu.Unlock()
 	if a.parkNonce != "" && !a.parkAnnounced {
@@ -45,7 +52,6 @@ func (a *Agent) parked() string {
 			fmt.Fprintf(a.cfg.Console, "\n%s%s\n", protocol.ParkedMarker, a.parkNonce)
 		}
 	}
-	return a.parkNonce
 }
 
 func (a *Agent) unpark(nonce string) {

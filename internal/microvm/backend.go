@@ -426,6 +426,9 @@ func (b *Backend) boot(ctx context.Context, driver vmm.Driver, job backend.Job, 
 	if plan.memFile != nil {
 		cfg.MemFile = plan.memFile
 	}
+	// Any VM may be saved (a snapshot's, a paused sandbox's, a pooled one's), and its
+	// copy restored in another dir.
+	cfg.Relocatable = true
 	cfg.Restore = plan.restore
 	if b.cfg.ScratchMB > 0 || plan.scratch != "" {
 		// In the VM dir: its removal (registered above) releases it.

@@ -1,18 +1,22 @@
 package microvm
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/microvm/firecracker"
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/protocol"
 	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
@@ -20,6 +24,78 @@ import (
 // driver — SDK, API socket, hybrid vsock, stop escalation — against fcsim, which runs
 // the real agent on this host as the "guest". The runtimes are the host's.
 func TestConformanceFirecrackerSim(t *testing.T) {
+	driver, imagesDir, runtimes := simDriver(t)
+	h := newHarness(t, imagesDir, func() (vmm.Driver, error) { return driver, nil })
+	h.emulated = true
+	runConformance(t, h, runtimes)
+}
+
+// TestFirecrackerSnapshotsSim drives the Firecracker snapshot path through the SDK
+// against fcsim: a template's snapshot is built (PATCH /vm Paused, PUT /snapshot/create),
+// two VMs are restored from it (PUT /snapshot/load, the vsock and scratch paths relative
+// to each VM's own dir), and a sandbox is paused and resumed. fcsim cannot restore a
+// process: its "restored" agent is a fresh one started parked, so this proves the calls,
+// the park/wake handshake and the files, not that memory survives (QEMU's tests do).
+func TestFirecrackerSnapshotsSim(t *testing.T) {
+	driver, imagesDir, _ := simDriver(t)
+	state, snaps, paused := shortDir(t), shortDir(t), shortDir(t)
+	b, err := New(Config{ImagesDir: imagesDir, StateDir: state, SnapshotDir: snaps, BootTimeout: 60 * time.Second, ScratchMB: 64},
+		func() (vmm.Driver, error) { return driver, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	ctx := context.Background()
+	res := model.Resources{CPUs: 1, MemMB: 256}
+	info, err := b.BuildSnapshot(ctx, model.RuntimePython, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"state", "state.mem", "scratch.ext4", "snapshot.json"} {
+		if !fileExists(filepath.Join(b.snaps.path(shapeOf(model.RuntimePython, res), info.Key), f)) {
+			t.Errorf("snapshot has no %s", f)
+		}
+	}
+	var vms []*SandboxVM
+	for i := range 2 {
+		sb, err := b.StartSandbox(ctx, VMSpec{ID: fmt.Sprintf("fcclone%d-%d", i, time.Now().UnixNano()%1e6), Template: model.RuntimePython, Resources: res})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vms = append(vms, sb)
+		if md := sb.Metadata(); md["start"] != "snapshot" {
+			t.Errorf("clone %d started from %q", i, md["start"])
+		}
+		if out, exit := runProc(t, sb.Session(), protocol.ProcessSpec{Shell: "echo restored-" + strconv.Itoa(i)}); exit.Code != 0 || out[protocol.Stdout] != fmt.Sprintf("restored-%d\n", i) {
+			t.Errorf("clone %d: %q %+v", i, out, exit)
+		}
+	}
+	// Pause one (PauseVM + CreateSnapshot into the paused dir) and resume it.
+	dir := filepath.Join(paused, "p")
+	os.MkdirAll(dir, 0o700)
+	if err := vms[0].Pause(ctx, dir); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	back, err := b.ResumeSandbox(ctx, VMSpec{ID: "fcresumed"}, dir)
+	if err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if out, exit := runProc(t, back.Session(), protocol.ProcessSpec{Shell: "echo resumed"}); exit.Code != 0 || out[protocol.Stdout] != "resumed\n" {
+		t.Errorf("resumed: %q %+v", out, exit)
+	}
+	for _, v := range append(vms, back) {
+		if err := v.Stop(ctx); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	}
+	if entries, _ := os.ReadDir(state); len(entries) != 0 {
+		t.Errorf("state dir after every stop: %v", entries)
+	}
+}
+
+// simDriver builds fcsim and the agent and returns the Firecracker driver on them, with
+// images made of the host's runtimes.
+func simDriver(t *testing.T) (vmm.Driver, string, []model.Runtime) {
 	if testing.Short() {
 		t.Skip("builds the simulator and the agent, runs workloads")
 	}
@@ -49,9 +125,7 @@ func TestConformanceFirecrackerSim(t *testing.T) {
 		Bin:      filepath.Join(bin, "fcsim"),
 		KVMCheck: func() error { return nil }, // the simulator needs none
 	})
-	h := newHarness(t, imagesDir, func() (vmm.Driver, error) { return driver, nil })
-	h.emulated = true
-	runConformance(t, h, runtimes)
+	return driver, imagesDir, runtimes
 }
 
 // prewarmGoCache does what the go image build does for /var/cache/go-build: compiling

@@ -258,7 +258,9 @@ func (s *snapshots) build(ctx context.Context, driver vmm.Driver, kernel *images
 		}
 		_ = os.Chown(filepath.Join(tmp, "scratch.ext4"), 0, 0)
 	}
-	for _, f := range []string{mem, filepath.Join(tmp, "state")} {
+	// (A VMM that keeps guest memory beside the state — Firecracker's state.mem — has it
+	// mapped copy-on-write at restore by the VMM itself.)
+	for _, f := range []string{mem, filepath.Join(tmp, "state"), filepath.Join(tmp, "state.mem")} {
 		if !fileExists(f) {
 			continue
 		}
@@ -273,7 +275,7 @@ func (s *snapshots) build(ctx context.Context, driver vmm.Driver, kernel *images
 	if err != nil {
 		return nil, err
 	}
-	snap := &snapshot{Key: key, Nonce: nonce, Mapped: plan.memFile != nil, Template: sh.template, CPUs: sh.cpus, MemMB: sh.memMB, VMM: driver.Name(),
+	snap := &snapshot{Key: key, Nonce: nonce, Mapped: plan.memFile != nil || fileExists(filepath.Join(tmp, "state.mem")), Template: sh.template, CPUs: sh.cpus, MemMB: sh.memMB, VMM: driver.Name(),
 		BuildMS: time.Since(start).Milliseconds(), SaveMS: saveMS, StateSize: st.Size(), CreatedAt: time.Now().UTC()}
 	meta, _ := json.MarshalIndent(snap, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, "snapshot.json"), meta, 0o644); err != nil {

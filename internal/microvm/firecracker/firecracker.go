@@ -8,8 +8,11 @@ package firecracker
 
 import (
 	"log/slog"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/vulcanhq/vulcan/internal/microvm/vmm"
 )
@@ -43,6 +46,9 @@ type Jailer struct {
 // Driver starts Firecracker microVMs.
 type Driver struct {
 	opts Options
+
+	versionOnce sync.Once
+	version     string
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -62,6 +68,26 @@ func New(opts Options) *Driver {
 }
 
 func (d *Driver) Name() string { return "firecracker" }
+
+// MemSuffix names a snapshot's guest memory file beside its state.
+const MemSuffix = ".mem"
+
+// Snapshots: without the jailer, machines are saved with the SDK's CreateSnapshot and
+// restored with its WithSnapshot (their own files relative to their dir, see
+// vmm.Config.Relocatable). Under the jailer a restore would need the snapshot's files in
+// the chroot; not done.
+func (d *Driver) Snapshots() bool { return d.opts.Jailer == nil }
+
+// Version is the binary's first --version line, part of a snapshot's key.
+func (d *Driver) Version() string {
+	d.versionOnce.Do(func() {
+		out, err := exec.Command(d.opts.Bin, "--version").Output()
+		if d.version = "unknown"; err == nil {
+			d.version, _, _ = strings.Cut(string(out), "\n")
+		}
+	})
+	return d.version
+}
 
 // Confines: only through the jailer; without it Firecracker keeps its seccomp filters and
 // the VM's cgroup, but runs with vulcan's uid and sees the host's filesystem.

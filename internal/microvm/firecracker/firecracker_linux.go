@@ -83,6 +83,20 @@ func (d *Driver) SDKConfig(cfg vmm.Config) sdk.Config {
 			IsReadOnly:   sdk.Bool(false),
 		})
 	}
+	if cfg.Relocatable && d.opts.Jailer == nil {
+		// Firecracker runs in the VM dir: relative names are the dir's own files, and a
+		// snapshot records them so (a clone restored in its own dir opens its own).
+		c.VsockDevices[0].Path = filepath.Base(VsockSocket(cfg.Dir))
+		for i := range c.Drives {
+			if p := sdk.StringValue(c.Drives[i].PathOnHost); filepath.Dir(p) == filepath.Clean(cfg.Dir) {
+				c.Drives[i].PathOnHost = sdk.String(filepath.Base(p))
+			}
+		}
+	}
+	if cfg.Restore != "" {
+		// Devices, drives and their paths come from the snapshot.
+		c.Drives, c.VsockDevices, c.NetworkInterfaces = nil, nil, nil
+	}
 	if n := cfg.Network; n != nil {
 		// The backend adds ip= to the kernel arguments itself; the SDK gets only the TAP.
 		c.NetworkInterfaces = sdk.NetworkInterfaces{{
@@ -189,11 +203,22 @@ func (d *Driver) Start(ctx context.Context, cfg vmm.Config) (_ vmm.Machine, err 
 	undo = append(undo, cancelLife)
 
 	cmd := d.command(life, cfg, console)
-	fc, err := sdk.NewMachine(life, d.SDKConfig(cfg),
-		sdk.WithProcessRunner(cmd),
-		sdk.WithLogger(newLogrusEntry(d.opts.Logger.With("vmm", "firecracker", "vm", cfg.ID))))
+	opts := []sdk.Opt{sdk.WithProcessRunner(cmd),
+		sdk.WithLogger(newLogrusEntry(d.opts.Logger.With("vmm", "firecracker", "vm", cfg.ID)))}
+	if cfg.Restore != "" {
+		if d.opts.Jailer != nil {
+			return nil, errors.New("firecracker: restoring a snapshot under the jailer is not supported")
+		}
+		opts = append(opts, sdk.WithSnapshot(cfg.Restore+MemSuffix, cfg.Restore, func(c *sdk.SnapshotConfig) { c.ResumeVM = true }))
+	}
+	fc, err := sdk.NewMachine(life, d.SDKConfig(cfg), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker config: %w", err)
+	}
+	if cfg.Restore != "" {
+		// The SDK's load sequence PUTs the vsock after the load, which Firecracker
+		// refuses (pre-boot only); the snapshot restores the device itself.
+		fc.Handlers.FcInit = fc.Handlers.FcInit.Remove(sdk.AddVsocksHandlerName)
 	}
 	// The SDK would rewrite the kernel command line through a map (reordering it and
 	// dropping repeated keys); it only needs that for its own ip= handling, unused here.
@@ -264,7 +289,20 @@ type machine struct {
 	stopErr  error
 }
 
-func (m *machine) PID() int              { return m.cmd.Process.Pid }
+func (m *machine) PID() int                                 { return m.cmd.Process.Pid }
+func (m *machine) AwaitConsole(line string) <-chan struct{} { return m.console.Await(line) }
+
+// Save pauses the vCPUs and writes a full snapshot: the state at path, guest memory at
+// path+MemSuffix (which a restore maps copy-on-write). The VM stays paused.
+func (m *machine) Save(ctx context.Context, path string) error {
+	if err := m.fc.PauseVM(ctx); err != nil {
+		return fmt.Errorf("pause: %w", err)
+	}
+	if err := m.fc.CreateSnapshot(ctx, path+MemSuffix, path); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	return nil
+}
 func (m *machine) Done() <-chan struct{} { return m.done }
 
 // Escalation deadlines.

@@ -40,6 +40,11 @@ type Config struct {
 	Cell *cell.Spec
 	// MemFile, when set, backs guest RAM with a file instead of anonymous memory.
 	MemFile *MemFile
+	// Relocatable names the VM's own files (agent socket, scratch disk) relative to Dir
+	// where the VMM would otherwise record absolute paths in a saved state (Firecracker
+	// keeps the vsock socket's and the drives' paths), so a copy restored in another dir
+	// uses its own.
+	Relocatable bool
 	// Restore, when set, starts the VM from a state Machine.Save wrote instead of booting
 	// the kernel: the machine shape, devices and disks (their contents as they were at the
 	// save) must be those of the saved VM. With a private MemFile, RAM is the snapshot's

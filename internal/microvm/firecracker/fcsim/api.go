@@ -100,6 +100,8 @@ type vm struct {
 	started bool
 	// afterResponse runs once the current request's answer is sent (ServeHTTP).
 	afterResponse func()
+	paused        bool
+	parkedNonce   string // the agent's last park, read off the guest's console (snapshot.go)
 	guest         *guest
 
 	exit     chan struct{}
@@ -156,6 +158,8 @@ func (v *vm) route(r *http.Request) (int, any, error) {
 		v.mu.Lock()
 		defer v.mu.Unlock()
 		return http.StatusOK, v.machine, nil
+	case r.Method == http.MethodPatch && path == "/vm":
+		return v.patchVM(r)
 	case r.Method != http.MethodPut:
 		return 0, nil, badRequest("Invalid request method and/or path: %s %s.", r.Method, r.URL.Path)
 	}
@@ -175,6 +179,10 @@ func (v *vm) route(r *http.Request) (int, any, error) {
 	switch {
 	case resource == "actions" && id == "":
 		return v.action(body)
+	case resource == "snapshot" && id == "create":
+		return v.snapshotCreate(body)
+	case resource == "snapshot" && id == "load":
+		return v.snapshotLoad(body)
 	case resource == "logger" && id == "":
 		var l logger
 		if err := decode(body, &l); err != nil {
@@ -405,7 +413,7 @@ func (v *vm) action(body []byte) (int, any, error) {
 			// for Vulcan a VM without its root image is always a bug.
 			return 0, nil, badRequest("Cannot start microvm without a root block device.")
 		}
-		g, err := startGuest(v.dir, *v.boot, v.machine, v.log)
+		g, err := startGuest(v.dir, *v.boot, v.machine, v.console(), nil, v.log)
 		if err != nil {
 			return 0, nil, fmt.Errorf("start guest: %w", err)
 		}

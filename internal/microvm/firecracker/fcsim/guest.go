@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -29,7 +30,7 @@ type guest struct {
 // startGuest starts init with the agent. The vulcan.* kernel arguments become the
 // agent's flags (what the agent as PID 1 would read from /proc/cmdline), the memory
 // size becomes RLIMIT_DATA.
-func startGuest(dir string, boot bootSource, mc machineConfig, log *slog.Logger) (*guest, error) {
+func startGuest(dir string, boot bootSource, mc machineConfig, console io.Writer, extra []string, log *slog.Logger) (*guest, error) {
 	agent := os.Getenv("VULCAN_FCSIM_AGENT")
 	if agent == "" {
 		self, err := os.Executable()
@@ -55,6 +56,7 @@ func startGuest(dir string, boot bootSource, mc machineConfig, log *slog.Logger)
 		agentArgs = append(agentArgs, "--oneshot")
 	}
 	agentArgs = append(agentArgs, strings.Fields(os.Getenv("VULCAN_FCSIM_AGENT_ARGS"))...)
+	agentArgs = append(agentArgs, extra...)
 
 	self, err := os.Executable()
 	if err != nil {
@@ -63,7 +65,7 @@ func startGuest(dir string, boot bootSource, mc machineConfig, log *slog.Logger)
 	memBytes := uint64(*mc.MemSizeMib) << 20
 	args := append([]string{initArg, strconv.FormatUint(memBytes, 10), k.hostname, agent}, agentArgs...)
 	cmd := exec.Command(self, args...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr // the "serial console": fcsim's output
+	cmd.Stdout, cmd.Stderr = console, console // the "serial console": fcsim's output
 	attr, pidns, err := initProcAttr()
 	if err != nil {
 		return nil, err

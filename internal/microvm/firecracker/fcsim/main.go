@@ -55,8 +55,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.String("start-time-cpu-us", "", "ignored")
 	fs.String("parent-cpu-time-us", "", "ignored")
 	fs.String("level", "", "ignored")
+	showVersion := fs.Bool("version", false, "print the version")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *showVersion {
+		fmt.Fprintln(os.Stdout, "Firecracker v1.0.0-fcsim")
+		return nil
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())

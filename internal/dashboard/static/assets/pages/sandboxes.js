@@ -8,7 +8,7 @@ const PAGE = 25;
 const LIST_MS = 3000;
 const METRICS_MS = 10000;
 const METRICS_AT_ONCE = 4;
-const STATES = ["starting", "running", "stopping", "killed", "timed_out", "failed", "lost"];
+const STATES = ["starting", "running", "paused", "stopping", "killed", "timed_out", "failed", "lost"];
 
 export function render(main, { query }) {
   document.title = "Sandboxes · Vulcan";

@@ -230,7 +230,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	// The sandbox pages on a python microVM: the terminal, files, processes, Kill.
 	t.Run("sandbox", func(t *testing.T) {
 		requiresTerminal(t)
-		sandboxFlow(t, b, "")
+		sandboxFlow(t, b, "", true)
 	})
 
 	if errs := b.errors(); len(errs) > 0 {

@@ -49,8 +49,8 @@ func TestSandboxPagesInBrowser(t *testing.T) {
 	stack := servertest.New(t, servertest.Options{Fake: &backendtest.Fake{}, Launcher: sandboxtest.NewAgentLauncher(t),
 		API: func(o *api.Options) { o.Dashboard = dashboard.New() }})
 	b := newBrowser(t, stack.Server.URL, 3*time.Minute)
-	b.wait = 20 * time.Second // no VM boots here: seconds are plenty
-	sandboxFlow(t, b, "inproc-")
+	b.wait = 20 * time.Second           // no VM boots here: seconds are plenty
+	sandboxFlow(t, b, "inproc-", false) // the in-process agent cannot be paused
 	if errs := b.errors(); len(errs) > 0 {
 		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
 	}
@@ -70,7 +70,7 @@ func newBrowser(t *testing.T, base string, timeout time.Duration) *browser {
 // sandbox, a command typed into the terminal and its answer read off the screen, the
 // file browser seeing what the shell wrote, uploads by drag and drop and by the chooser,
 // a download, the process list, Extend, and Kill. Screenshots are named prefix+page.
-func sandboxFlow(t *testing.T, b *browser, prefix string) {
+func sandboxFlow(t *testing.T, b *browser, prefix string, canPause bool) {
 	var id string
 	t.Run("form refuses what the server refuses, next to the field", func(t *testing.T) {
 		b.do(t, chromedp.Navigate(b.base+"/sandboxes"), chromedp.WaitVisible(chromedp.CSS(`#new-sandbox`)),
@@ -179,6 +179,20 @@ func sandboxFlow(t *testing.T, b *browser, prefix string) {
 		apiGet(t, b.base+"/v1/sandboxes/"+id, &after)
 		if d := after.ExpiresAt.Sub(before.ExpiresAt); d < 800*time.Second || d > 1000*time.Second {
 			t.Errorf("Extend +15 min moved the expiry by %v", d)
+		}
+		// Pause and resume from the page: the state follows, and the file the terminal
+		// made is still there after.
+		b.do(t, chromedp.Click(chromedp.CSS(`#pause`)))
+		if canPause {
+			b.poll(t, `document.querySelector('#state').dataset.state === 'paused' && document.querySelector('#resume')?.checkVisibility() && !document.querySelector('#pause').checkVisibility()`)
+			b.shot(t, prefix+"sandbox-paused")
+			b.do(t, chromedp.Click(chromedp.CSS(`#resume`)))
+			b.poll(t, `document.querySelector('#state').dataset.state === 'running' && document.querySelector('#action-msg').textContent.startsWith('Resumed')`)
+			b.do(t, chromedp.Evaluate[chromedp.Void](`fetch('/v1/sandboxes/`+id+`/files?path=made-in-shell.txt').then(r => r.text()).then(t => { window.__afterResume = t; })`))
+			b.poll(t, `window.__afterResume === 'from-the-terminal\n'`)
+		} else {
+			// A backend that cannot pause: the page says so and the sandbox runs on.
+			b.poll(t, `document.querySelector('#action-msg').textContent.includes('not supported') && document.querySelector('#state').dataset.state === 'running'`)
 		}
 		b.do(t, chromedp.Navigate(b.base+"/sandboxes"))
 		b.poll(t, `document.querySelector('tr[data-id="`+id+`"] [data-k=mem]')?.textContent.includes('/')`)

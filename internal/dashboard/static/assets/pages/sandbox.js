@@ -105,8 +105,10 @@ export function render(main, { params }) {
       row("Resources", `${r.cpus} vCPU · ${r.mem_mb} MiB`, "resources"),
       row("Network", sb.network || "none"),
       row("Created", time(sb.created_at)),
-      sb.ended_at ? row("Ended", time(sb.ended_at)) : row("Time left", left(sb.expires_at), "left"),
-      ended() ? null : row("Expires", time(sb.expires_at), "expires"),
+      sb.ended_at ? row("Ended", time(sb.ended_at))
+        : sb.state === "paused" ? row("Time left", "its timeout counts again from the resume", "left")
+        : row("Time left", left(sb.expires_at), "left"),
+      ended() || sb.state === "paused" ? null : row("Expires", time(sb.expires_at), "expires"),
       md.length ? row("Metadata", h("ul", { class: "chips small" }, md.map(([k, v]) => h("li", {}, h("span", { class: "mono" }, k), "=", v))), "metadata") : null,
       sb.state === "paused" && vm.paused_at ? row("Paused", time(vm.paused_at), "paused") : null,
       vm.start ? row("Started from", vm.start + (vm.start_ms ? ` in ${vm.start_ms} ms` : ""), "start") : null,
@@ -345,7 +347,7 @@ export function render(main, { params }) {
     }
     tickTimer = setInterval(() => {
       const el = facts.querySelector("[data-k=left]");
-      if (el && sb && !ended()) el.textContent = left(sb.expires_at);
+      if (el && sb && !ended() && sb.state !== "paused") el.textContent = left(sb.expires_at);
     }, 1000);
     connect();
     list(".");

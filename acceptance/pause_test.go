@@ -25,7 +25,10 @@ func TestPauseResumeAcrossRestart(t *testing.T) {
 		t.Fatalf("create: %d %s", code, out)
 	}
 	id := strings.TrimSpace(out)
-	pid, code := s.vulcan("exec", id, "--", "echo kept > keep.txt; setsid sh -c 'while sleep 0.2; do date +%s%N > tick; done' </dev/null >/dev/null 2>&1 & echo $!; sleep 0.5")
+	// The ticker has ticked before the pause (a loaded host may take a while to start it);
+	// it replaces its file whole, so a read never sees it truncated mid-write.
+	pid, code := s.vulcan("exec", id, "--", "echo kept > keep.txt; setsid sh -c 'while sleep 0.2; do date +%s%N > tick.new && mv tick.new tick; done' </dev/null >/dev/null 2>&1 & echo $!; "+
+		"for i in $(seq 100); do test -s tick && break; sleep 0.1; done")
 	pid = strings.TrimSpace(pid)
 	if code != 0 || pid == "" {
 		t.Fatalf("exec: %d %s", code, pid)

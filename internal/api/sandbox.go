@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -277,56 +278,42 @@ func (s *Server) sandboxKill(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) sandboxTimeout(w http.ResponseWriter, r *http.Request) {
-	svc := s.sandboxes(w, r)
-	if svc == nil {
-		return
-	}
 	var body struct {
 		TimeoutS int `json:"timeout_s"`
 	}
-	if err := decodeJSON(w, r, &body); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	sb, err := svc.SetTimeout(r.Context(), chi.URLParam(r, "id"), body.TimeoutS)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, NewSandbox(sb))
+	s.sandboxAction(w, r, &body, func(ctx context.Context, svc *sandbox.Service, id string) (*model.Sandbox, error) {
+		return svc.SetTimeout(ctx, id, body.TimeoutS)
+	})
 }
 
 func (s *Server) sandboxPause(w http.ResponseWriter, r *http.Request) {
-	svc := s.sandboxes(w, r)
-	if svc == nil {
-		return
-	}
 	var body struct{}
-	if err := decodeJSON(w, r, &body); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	sb, err := svc.Pause(r.Context(), chi.URLParam(r, "id"))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, NewSandbox(sb))
+	s.sandboxAction(w, r, &body, func(ctx context.Context, svc *sandbox.Service, id string) (*model.Sandbox, error) {
+		return svc.Pause(ctx, id)
+	})
 }
 
 func (s *Server) sandboxResume(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		TimeoutS int `json:"timeout_s"`
+	}
+	s.sandboxAction(w, r, &body, func(ctx context.Context, svc *sandbox.Service, id string) (*model.Sandbox, error) {
+		return svc.Resume(ctx, id, body.TimeoutS)
+	})
+}
+
+// sandboxAction decodes body, runs do on the route's sandbox and answers it.
+func (s *Server) sandboxAction(w http.ResponseWriter, r *http.Request, body any,
+	do func(ctx context.Context, svc *sandbox.Service, id string) (*model.Sandbox, error)) {
 	svc := s.sandboxes(w, r)
 	if svc == nil {
 		return
 	}
-	var body struct {
-		TimeoutS int `json:"timeout_s"`
-	}
-	if err := decodeJSON(w, r, &body); err != nil {
+	if err := decodeJSON(w, r, body); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	sb, err := svc.Resume(r.Context(), chi.URLParam(r, "id"), body.TimeoutS)
+	sb, err := do(r.Context(), svc, chi.URLParam(r, "id"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

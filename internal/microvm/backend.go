@@ -158,9 +158,6 @@ func (b *Backend) poolRoom() func(memMB, cpus int) bool {
 // PoolStats reports the warm pool's shelves.
 func (b *Backend) PoolStats() []PoolStats { return b.pool.stats() }
 
-// PoolHeld is the capacity the warm pool holds.
-func (b *Backend) PoolHeld() (memMB, cpus int) { return b.pool.held() }
-
 // Close stops snapshot builds and pool refills and stops the pool's idle VMs. VMs handed
 // out are their holders' to stop.
 func (b *Backend) Close(ctx context.Context) error {

@@ -265,13 +265,6 @@ func (p *pool) heldLocked() (memMB, cpus int) {
 	return memMB, cpus
 }
 
-// held is the capacity the pool's VMs (idle and being started) take.
-func (p *pool) held() (memMB, cpus int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.heldLocked()
-}
-
 // drain closes the pool and stops its idle VMs (refills in flight are stopped by the
 // backend's background context).
 func (p *pool) drain(ctx context.Context) {

@@ -63,7 +63,7 @@ func (b *Backend) bootFor(ctx context.Context, driver vmm.Driver, job backend.Jo
 			key := b.snapshotKey(driver, kernel, rootfs, sh)
 			if snap := b.snaps.get(sh, key); snap != nil {
 				plan := bootPlan{restore: snap.state(), scratch: snap.scratch(), wake: snap.Nonce}
-				if snap.Mapped {
+				if fileExists(snap.mem()) { // RAM as a mapped file (else it is in the state)
 					plan.memFile = &vmm.MemFile{Path: snap.mem()}
 				}
 				v, err := b.boot(ctx, driver, job, kernel, rootfs, plan)

@@ -53,9 +53,10 @@ func (s *Service) Pause(ctx context.Context, id string) (*model.Sandbox, error) 
 		b.mu.Unlock()
 		return nil, fmt.Errorf("%w: pausing", ErrUnsupported)
 	}
-	b.pausing = true
+	b.pausing, b.pauseDone = true, make(chan struct{})
 	b.timer.Stop()
 	b.mu.Unlock()
+	defer close(b.pauseDone)
 
 	dir := s.pausedDir(id)
 	_ = os.RemoveAll(dir) // delete before create
@@ -84,7 +85,7 @@ func (s *Service) Pause(ctx context.Context, id string) (*model.Sandbox, error) 
 	took := time.Since(start)
 	b.mu.Lock()
 	now := time.Now().UTC()
-	b.sb.State, b.sb.Error = model.SandboxPaused, ""
+	b.sb.State, b.sb.Error, b.pausing = model.SandboxPaused, "", false
 	b.sb.VM = maps.Clone(b.sb.VM)
 	b.sb.VM["paused_at"] = now.Format(time.RFC3339Nano)
 	b.sb.VM["pause_ms"] = strconv.FormatInt(took.Milliseconds(), 10)
@@ -103,9 +104,6 @@ func (s *Service) Pause(ctx context.Context, id string) (*model.Sandbox, error) 
 	close(b.ended)
 	return sb, nil
 }
-
-// ErrAlreadyPaused answers a pause of a paused sandbox.
-var ErrAlreadyPaused = errors.New("sandbox is already paused")
 
 // Resume restores a paused sandbox and returns it running; timeoutS (0: its own) counts
 // from now. Resuming a running sandbox returns it as it is. A resume that fails leaves

@@ -17,10 +17,16 @@ import (
 // pausingMachine saves a marker file as its "state" and stops.
 type pausingMachine struct {
 	*fakeMachine
-	refuse error // Pause answers it without doing anything
+	refuse  error         // Pause answers it without doing anything
+	gate    chan struct{} // when set, Pause waits for it (after entered is closed)
+	entered chan struct{}
 }
 
 func (m *pausingMachine) Pause(ctx context.Context, dir string) error {
+	if m.gate != nil {
+		close(m.entered)
+		<-m.gate
+	}
 	if m.refuse != nil {
 		return m.refuse
 	}
@@ -172,7 +178,8 @@ func TestAutoPauseAndResume(t *testing.T) {
 	ctx := context.Background()
 	l := &resumingLauncher{fakeLauncher: fakeLauncher{t: t}}
 	s, _ := newService(t, Config{PausedDir: t.TempDir()}, l, "")
-	sb, err := s.Create(ctx, model.SandboxSpec{TimeoutS: 1, AutoPause: true, AutoResume: true})
+	// 2 s: long enough that the resumed sandbox does not time out again before the op.
+	sb, err := s.Create(ctx, model.SandboxSpec{TimeoutS: 2, AutoPause: true, AutoResume: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,5 +199,55 @@ func TestAutoPauseAndResume(t *testing.T) {
 	}
 	if got, _ := s.Get(ctx, sb.ID); got.State != model.SandboxRunning || len(l.resumed) != 1 {
 		t.Fatalf("after the op: %s, %d resumes", got.State, len(l.resumed))
+	}
+}
+
+// Kill and shutdown during a pause in progress: a kill waits for the pause and kills
+// the paused sandbox; a shutdown leaves the sandbox paused (no double ending); a kill
+// during a refused pause kills the sandbox it left running.
+func TestEndDuringPause(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		name   string
+		refuse error
+		end    func(s *Service, id string) error
+		want   model.SandboxState
+	}{
+		{"kill", nil, func(s *Service, id string) error { _, err := s.Kill(ctx, id); return err }, model.SandboxKilled},
+		{"shutdown", nil, func(s *Service, id string) error { s.Shutdown(ctx); return nil }, model.SandboxPaused},
+		{"kill during a refused pause", fmt.Errorf("%w: no", backend.ErrUnsupported),
+			func(s *Service, id string) error { _, err := s.Kill(ctx, id); return err }, model.SandboxKilled},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := &resumingLauncher{fakeLauncher: fakeLauncher{t: t}}
+			s, _ := newService(t, Config{PausedDir: t.TempDir()}, l, "")
+			sb, err := s.Create(ctx, model.SandboxSpec{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := s.lookup(sb.ID).m.(*pausingMachine)
+			m.refuse, m.gate, m.entered = c.refuse, make(chan struct{}), make(chan struct{})
+			paused := make(chan error, 1)
+			go func() { _, err := s.Pause(ctx, sb.ID); paused <- err }()
+			<-m.entered
+			ended := make(chan error, 1)
+			go func() { ended <- c.end(s, sb.ID) }()
+			time.Sleep(50 * time.Millisecond) // the end waits for the pause
+			close(m.gate)
+			if err := <-paused; (err != nil) != (c.refuse != nil) {
+				t.Fatalf("pause: %v", err)
+			}
+			select {
+			case err := <-ended:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the end never returned")
+			}
+			if got, _ := s.Get(ctx, sb.ID); got.State != c.want {
+				t.Errorf("state %s, want %s", got.State, c.want)
+			}
+		})
 	}
 }

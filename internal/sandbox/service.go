@@ -38,6 +38,8 @@ var (
 	ErrShuttingDown = errors.New("server is shutting down")
 	ErrUnsupported  = backend.ErrUnsupported
 	ErrPaused       = errors.New("sandbox is paused; resume it first")
+	// ErrAlreadyPaused answers a pause of a paused sandbox.
+	ErrAlreadyPaused = errors.New("sandbox is already paused")
 )
 
 // LostReason is the error of sandboxes a previous server process left behind.
@@ -150,10 +152,12 @@ type box struct {
 	env     map[string]string
 	m       Machine // nil while starting
 	timer   *time.Timer
-	ending  bool          // end has begun
-	pausing bool          // Pause has begun
-	killed  bool          // Kill asked while starting
-	ended   chan struct{} // closed once the terminal state is persisted
+	ending  bool // end has begun
+	pausing bool // Pause has begun
+	// pauseDone is closed when that Pause returns, whatever came of it.
+	pauseDone chan struct{}
+	killed    bool          // Kill asked while starting
+	ended     chan struct{} // closed once the terminal state is persisted
 }
 
 // New marks sandboxes a previous process left alive as lost and returns the service.
@@ -303,7 +307,15 @@ func (s *Service) release(b *box) {
 // wait for the first to finish.
 func (s *Service) end(b *box, final model.SandboxState, reason string) {
 	b.mu.Lock()
-	if b.ending {
+	// A pause under way is let finish: a paused box is not ended here (a server
+	// shutting down leaves it paused); a refused pause leaves it running, to end now.
+	for b.pausing {
+		done := b.pauseDone
+		b.mu.Unlock()
+		<-done
+		b.mu.Lock()
+	}
+	if b.ending || b.sb.State == model.SandboxPaused {
 		b.mu.Unlock()
 		<-b.ended
 		return
@@ -395,15 +407,15 @@ func (s *Service) Kill(ctx context.Context, id string) (*model.Sandbox, error) {
 	b := s.lookup(id)
 	if b != nil {
 		b.mu.Lock()
-		pausing := b.pausing
+		pausing, done := b.pausing, b.pauseDone
 		b.mu.Unlock()
-		if pausing { // let the pause finish, then kill what it paused
+		if pausing { // let the pause finish, then kill what it left: paused or running
 			select {
-			case <-b.ended:
+			case <-done:
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
-			b = nil
+			b = s.lookup(id)
 		}
 	}
 	if b == nil {
@@ -471,6 +483,9 @@ func (s *Service) running(ctx context.Context, id string) (*box, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.sb.State.Terminal() { // ended, not yet out of the live set
+		return nil, fmt.Errorf("%w (state %s)", ErrEnded, b.sb.State)
+	}
 	if b.sb.State != model.SandboxRunning || b.ending || b.pausing {
 		return nil, fmt.Errorf("%w (state %s)", ErrNotRunning, b.sb.State)
 	}

@@ -24,7 +24,7 @@ import (
 // backend this build can offer (or records with reg.Missing why it cannot) and returns a
 // cleanup that serve runs after the engine has shut down. It must never register a fake.
 // It also returns the microVM backend (nil when it cannot run), which boots sandboxes.
-func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Registry, metrics prometheus.Registerer, log *slog.Logger) (vms *microvm.Backend, cleanup func(), err error) {
+func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Registry, templates microvm.TemplateImages, metrics prometheus.Registerer, log *slog.Logger) (vms *microvm.Backend, cleanup func(), err error) {
 	pool, err := poolSizes(cfg.Pool)
 	if err != nil {
 		return nil, nil, err
@@ -33,6 +33,7 @@ func registerBackends(ctx context.Context, cfg *config.Config, reg *backend.Regi
 		ImagesDir: cfg.ImagesDir,
 		StateDir:  vmStateDir(cfg),
 		ScratchMB: cfg.ScratchMB,
+		Templates: templates,
 		Pool:      pool,
 		Logger:    log,
 		Metrics:   metrics,

@@ -157,7 +157,10 @@ func runtimeFromExt(path string) model.Runtime {
 
 // packDir makes a tar.gz of the regular files and directories under dir, with paths
 // relative to it. Version-control metadata is left out.
-func packDir(dir string) ([]byte, error) {
+func packDir(dir string) ([]byte, error) { return packDirWith(dir, nil) }
+
+// packDirWith is packDir with more files (name → bytes) added at the end.
+func packDirWith(dir string, extra map[string][]byte) ([]byte, error) {
 	var buf bytes.Buffer
 	gz := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(gz)
@@ -201,6 +204,14 @@ func packDir(dir string) ([]byte, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	for name, b := range extra {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(b); err != nil {
+			return nil, err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return nil, err

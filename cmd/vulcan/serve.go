@@ -25,6 +25,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/server"
 	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/template"
 	"github.com/vulcanhq/vulcan/internal/version"
 )
 
@@ -45,6 +46,23 @@ func serveCommand() *cobra.Command {
 		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "network-dns", "scratch-mb", "pool", "snapshots", "cni-bin-dir", "log-level", "log-format",
 		"allowed-hosts", "allowed-origins", "body-timeout", "shutdown-timeout")
 	return cmd
+}
+
+// agentBinary is the guest agent a template's apt stage puts into its image:
+// VULCAN_AGENT_BIN, else vulcan-guest beside this binary (make build puts both in bin/).
+func agentBinary() string {
+	if p := os.Getenv("VULCAN_AGENT_BIN"); p != "" {
+		return p
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(exe), "vulcan-guest")
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
 }
 
 // serve runs the server until ctx ends, then shuts down in dependency order: stop taking
@@ -73,7 +91,11 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg := backend.NewRegistry()
-	vms, cleanup, err := registerBackends(ctx, cfg, reg, metrics, log)
+	templates, err := template.OpenRegistry(filepath.Join(cfg.DataDir, "templates"))
+	if err != nil {
+		return fmt.Errorf("templates: %w", err)
+	}
+	vms, cleanup, err := registerBackends(ctx, cfg, reg, templates, metrics, log)
 	if err != nil {
 		return fmt.Errorf("backends: %w", err)
 	}
@@ -84,9 +106,14 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 		Sandbox: sandbox.Config{MaxSandboxes: cfg.MaxSandboxes, PausedDir: filepath.Join(cfg.DataDir, "paused")},
 		API: api.Options{Token: cfg.APIToken, AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...),
 			AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout, Dashboard: dashboard.New()}}
+	so.Templates = templates
+	so.TemplateBuild = template.Config{ImagesDir: cfg.ImagesDir, AgentPath: agentBinary()}
+	so.API.ImagesDir = cfg.ImagesDir
 	if vms != nil {
 		so.Launcher = microvm.Launcher{B: vms}
 		so.VMs = vms
+		pausedDir := so.Sandbox.PausedDir
+		so.ImageInUse = func(sha string) bool { return vms.ImageInUse(sha, pausedDir) }
 	} else {
 		so.SandboxUnavailable = errors.New("the microVM backend could not start; see `vulcan backends`")
 	}

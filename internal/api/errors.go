@@ -13,6 +13,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/protocol"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/template"
 )
 
 // The API's own failures, mapped like the engine's below.
@@ -55,6 +56,8 @@ func classify(err error) (status int, code string, public bool) {
 		return http.StatusServiceUnavailable, "shutting_down", true
 	case errors.Is(err, sandbox.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, "too_large", true
+	case errors.Is(err, template.ErrBuiltin):
+		return http.StatusConflict, "builtin_template", true
 	case errors.Is(err, errNoSandboxes):
 		return http.StatusServiceUnavailable, "sandboxes_unavailable", true
 	}

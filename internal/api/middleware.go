@@ -167,9 +167,11 @@ func (s *Server) guard(next http.Handler) http.Handler {
 	})
 }
 
-// rawBody reports whether the route takes raw bytes (a sandbox file upload).
+// rawBody reports whether the route takes raw bytes (a sandbox file upload, a template
+// build's tar.gz context).
 func rawBody(r *http.Request) bool {
-	return r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/sandboxes/") && strings.HasSuffix(r.URL.Path, "/files")
+	return r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/sandboxes/") && strings.HasSuffix(r.URL.Path, "/files") ||
+		r.Method == http.MethodPost && r.URL.Path == "/v1/templates"
 }
 
 // headerBytes is about what the request line and headers took on the wire.

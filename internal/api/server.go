@@ -29,6 +29,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/template"
 	"github.com/vulcanhq/vulcan/internal/version"
 )
 
@@ -41,6 +42,10 @@ type Options struct {
 	Registry *backend.Registry
 	// Sandboxes serves /v1/sandboxes; nil: those routes answer 503.
 	Sandboxes *sandbox.Service
+	// Templates builds and keeps user templates (nil: /v1/templates lists the built-ins
+	// and refuses builds); ImagesDir holds the built-ins.
+	Templates *template.Builder
+	ImagesDir string
 	// Token, when set, is required as "Authorization: Bearer <token>" on every route but
 	// /healthz and /readyz.
 	Token    string
@@ -144,6 +149,7 @@ func New(o Options) (*Server, error) {
 			r.Get("/workloads/{id}/logs", s.logsStream)
 			r.Get("/workloads/{id}/logs/history", s.logsHistory)
 			s.sandboxRoutes(r)
+			s.templateRoutes(r)
 		})
 	})
 	if o.Dashboard != nil {

@@ -310,8 +310,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if req.TemplateID == "" {
 		req.TemplateID = "base"
 	}
-	if !model.Runtime(req.TemplateID).ValidTemplate() {
-		writeError(w, http.StatusNotFound, "template %q not found (this Vulcan server has: %s)", clipPath(req.TemplateID), strings.Join(templates(), ", "))
+	if !s.o.Sandboxes.KnowsTemplate(model.Runtime(req.TemplateID)) {
+		writeError(w, http.StatusNotFound, "template %q not found (this Vulcan server has: %s and the templates built here)", clipPath(req.TemplateID), strings.Join(templates(), ", "))
 		return
 	}
 	spec, why := req.spec()

@@ -25,6 +25,9 @@ type sysOps interface {
 	// ScratchDevice returns the block device of the scratch disk the host attached
 	// (ext4 labelled protocol.ScratchLabel), "" when there is none.
 	ScratchDevice() string
+	// KeepUpper holds the overlay's upper layer open, so that the agent can still read
+	// it (fs.archive's diff) once the merged tree hides it.
+	KeepUpper(path string)
 }
 
 // overlayDir is where the writable root is assembled: /tmp exists in every
@@ -116,6 +119,7 @@ func overlayRoot(sys sysOps, scratch string) error {
 	if err := sys.Mount("overlay", overlayDir+"/merged", "overlay", 0, opts); err != nil {
 		return err
 	}
+	sys.KeepUpper(overlayDir + "/upper")
 	// switch_root's way: move the new tree onto / and chroot into it.
 	if err := sys.Chdir(overlayDir + "/merged"); err != nil {
 		return err

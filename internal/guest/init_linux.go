@@ -25,6 +25,16 @@ func (linuxSys) Chdir(path string) error               { return unix.Chdir(path)
 func (linuxSys) Chroot(path string) error              { return unix.Chroot(path) }
 func (linuxSys) Sethostname(name string) error         { return unix.Sethostname([]byte(name)) }
 
+// upperLayer is the overlay's upper layer, held open by KeepUpper (nil without an
+// overlay: a writable root has no layer of its own).
+var upperLayer *os.File
+
+func (linuxSys) KeepUpper(path string) {
+	if f, err := os.Open(path); err == nil {
+		upperLayer = f
+	}
+}
+
 func (linuxSys) RootReadOnly() (bool, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs("/", &st); err != nil {

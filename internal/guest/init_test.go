@@ -36,6 +36,7 @@ func (r *recordingSys) Sethostname(name string) error        { return r.add("hos
 func (r *recordingSys) LinkUp(name string) error             { return r.add("up %s", name) }
 func (r *recordingSys) RootReadOnly() (bool, error)          { return r.ro, nil }
 func (r *recordingSys) ScratchDevice() string                { return r.scratch }
+func (r *recordingSys) KeepUpper(path string)                { r.add("keep %s", path) }
 
 const pseudoMounts = `mkdir /proc
 mount proc /proc proc 0xe ""
@@ -71,6 +72,7 @@ mkdir /tmp/upper
 mkdir /tmp/work
 mkdir /tmp/merged
 mount overlay /tmp/merged overlay 0x0 "lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work"
+keep /tmp/upper
 chdir /tmp/merged
 mount . / ` + " " + `0x2000 ""
 chroot .
@@ -81,6 +83,7 @@ mkdir /tmp/upper
 mkdir /tmp/work
 mkdir /tmp/merged
 mount overlay /tmp/merged overlay 0x0 "lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work"
+keep /tmp/upper
 chdir /tmp/merged
 mount . / ` + " " + `0x2000 ""
 chroot .

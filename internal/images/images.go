@@ -4,6 +4,7 @@
 package images
 
 import (
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -166,3 +167,9 @@ func readJSON(path string, v any) error {
 	}
 	return nil
 }
+
+// RootFSScript is scripts/build-rootfs.sh's body (the file lives here to be embedded): a
+// template build runs it for its `# vulcan:apt` stage, with the same cache as `make images`.
+//
+//go:embed build-rootfs.sh
+var RootFSScript []byte

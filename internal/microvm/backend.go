@@ -42,6 +42,8 @@ type Config struct {
 	// ScratchMB sizes each VM's scratch disk, where the guest's writes go (sparse: it
 	// costs what is written). 0 puts them in a tmpfs, i.e. in the VM's memory.
 	ScratchMB int
+	// Templates finds user templates' images (nil: only the built-ins in ImagesDir).
+	Templates TemplateImages
 	Limits    model.Limits
 	Logger    *slog.Logger
 	Metrics   prometheus.Registerer
@@ -633,4 +635,25 @@ func (s *driverSlot) peek() (vmm.Driver, error) {
 	default:
 		return nil, nil
 	}
+}
+
+// TemplateImages finds the images of templates that are not built-ins.
+type TemplateImages interface {
+	// Image is a template's current image, nil when there is none.
+	Image(name model.Runtime) *images.RootFS
+	// ImageBySHA is a stored image by content (a paused VM's, whose template may have
+	// been rebuilt since), nil when it is gone.
+	ImageBySHA(sha string) *images.RootFS
+}
+
+// rootfsFor is a template's image: a built-in's from the images dir, else a user
+// template's.
+func (b *Backend) rootfsFor(set *images.Set, name model.Runtime) *images.RootFS {
+	if r := set.RootFS[name]; r != nil {
+		return r
+	}
+	if b.cfg.Templates != nil && !name.ValidTemplate() {
+		return b.cfg.Templates.Image(name)
+	}
+	return nil
 }

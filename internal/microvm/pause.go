@@ -103,7 +103,15 @@ func (b *Backend) ResumeSandbox(ctx context.Context, spec VMSpec, dir string) (*
 		return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
 	}
 	set := images.Load(b.cfg.ImagesDir)
-	rootfs := set.RootFS[m.Template]
+	rootfs := b.rootfsFor(set, m.Template)
+	if rootfs != nil && rootfs.Manifest.SHA256 != m.RootFS && b.cfg.Templates != nil && !m.Template.ValidTemplate() {
+		// The template was rebuilt since the pause: resume on the image it paused on.
+		if old := b.cfg.Templates.ImageBySHA(m.RootFS); old != nil {
+			rootfs = old
+		}
+	} else if rootfs == nil && b.cfg.Templates != nil {
+		rootfs = b.cfg.Templates.ImageBySHA(m.RootFS)
+	}
 	switch {
 	case set.Kernel == nil || rootfs == nil:
 		return nil, fmt.Errorf("%w: no kernel or %s image to resume on", backend.ErrUnavailable, m.Template)
@@ -156,4 +164,33 @@ func writeSynced(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// ImageInUse reports whether a VM of this backend runs on the image with this SHA-256, or
+// a VM paused under pausedDir (the sandboxes' paused dir) needs it to resume: such an
+// image must stay when its template is removed.
+func (b *Backend) ImageInUse(sha, pausedDir string) bool {
+	b.mu.Lock()
+	for _, v := range b.vms {
+		if v.rootfs != nil && v.rootfs.Manifest.SHA256 == sha {
+			b.mu.Unlock()
+			return true
+		}
+	}
+	b.mu.Unlock()
+	if pausedDir == "" {
+		return false
+	}
+	files, _ := filepath.Glob(filepath.Join(pausedDir, "*", pausedManifest))
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil || len(raw) > maxManifestBytes {
+			continue
+		}
+		var m pausedVM
+		if json.Unmarshal(raw, &m) == nil && m.RootFS == sha {
+			return true
+		}
+	}
+	return false
 }

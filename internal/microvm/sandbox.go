@@ -68,7 +68,7 @@ func (b *Backend) StartSandbox(ctx context.Context, spec VMSpec) (*SandboxVM, er
 	if err := set.Usable(); err != nil {
 		return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
 	}
-	rootfs := set.RootFS[spec.Template]
+	rootfs := b.rootfsFor(set, spec.Template)
 	if rootfs == nil {
 		return nil, fmt.Errorf("%w: no %s image; run `make rootfs RUNTIME=%s`", backend.ErrUnavailable, spec.Template, spec.Template)
 	}

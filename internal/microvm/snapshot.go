@@ -359,8 +359,8 @@ func (b *Backend) Snapshots() []SnapshotInfo {
 			continue
 		}
 		info := s.info(false)
-		if driver != nil && set.Kernel != nil && set.RootFS[s.Template] != nil {
-			info.Current = b.snapshotKey(driver, set.Kernel, set.RootFS[s.Template], shape{s.Template, s.CPUs, s.MemMB}) == s.Key
+		if rootfs := b.rootfsFor(set, s.Template); driver != nil && set.Kernel != nil && rootfs != nil {
+			info.Current = b.snapshotKey(driver, set.Kernel, rootfs, shape{s.Template, s.CPUs, s.MemMB}) == s.Key
 		}
 		out = append(out, info)
 	}
@@ -378,7 +378,7 @@ func (b *Backend) BuildSnapshot(ctx context.Context, template model.Runtime, r m
 		return SnapshotInfo{}, err
 	}
 	set := images.Load(b.cfg.ImagesDir)
-	rootfs := set.RootFS[template]
+	rootfs := b.rootfsFor(set, template)
 	if set.Kernel == nil || rootfs == nil {
 		return SnapshotInfo{}, fmt.Errorf("no %s image", template)
 	}

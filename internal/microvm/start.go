@@ -93,7 +93,7 @@ func (b *Backend) prepare(ctx context.Context, id string, sh shape) (*vm, string
 		return nil, "", err
 	}
 	set := images.Load(b.cfg.ImagesDir)
-	rootfs := set.RootFS[sh.template]
+	rootfs := b.rootfsFor(set, sh.template)
 	if set.Kernel == nil || rootfs == nil {
 		return nil, "", fmt.Errorf("no %s image", sh.template)
 	}

@@ -53,6 +53,15 @@ const (
 	OpFSRemove      = "fs.remove"      // Path → Response{}; recursive; a missing path is ErrCodeNotFound
 	OpFSWatch       = "fs.watch"       // Path (a directory), Recursive → Response{Info}, then FS events
 	OpMetrics       = "sys.metrics"    // → Response{Metrics}
+	// OpFSArchive (root only) streams a tar of the VM's file system: Layer "tree" is the
+	// root file system (other mounts' contents left out), "diff" what the overlay's
+	// writable layer changed since boot, with OCI whiteouts (package layer). Response{},
+	// then the tar's bytes; the stream ends with it.
+	OpFSArchive = "fs.archive"
+	// OpFSApply (root only) writes a tar under Path (Layer "diff" applies whiteouts;
+	// Owner owns every entry, else the tar's owners do): Response{}, then the tar's bytes
+	// from the host until it closes its side, then Response{} or the error.
+	OpFSApply = "fs.apply"
 	// OpIdentity makes a VM the host's own (Identity: hostname, clock, entropy): sent
 	// once when a VM is handed to a sandbox or workload, which for a pooled or restored
 	// VM is long after its boot → Response{}.
@@ -96,10 +105,26 @@ type Request struct {
 	// Recursive watches the directory's subdirectories too, those made later included
 	// (fs.watch).
 	Recursive bool `json:"recursive,omitempty"`
+	// Layer is what fs.archive writes or how fs.apply reads ("tree", "diff", or "" for a
+	// plain tar in fs.apply).
+	Layer string     `json:"layer,omitempty"`
+	Owner *FileOwner `json:"owner,omitempty"`
 	// Identity is what OpIdentity applies.
 	Identity *Identity `json:"identity,omitempty"`
 	// Nonce names a quiesce (OpQuiesce): 16 to 64 characters [0-9a-f].
 	Nonce string `json:"nonce,omitempty"`
+}
+
+// Layer kinds (Request.Layer).
+const (
+	LayerTree = "tree"
+	LayerDiff = "diff"
+)
+
+// FileOwner is a numeric owner for fs.apply.
+type FileOwner struct {
+	UID int `json:"uid"`
+	GID int `json:"gid"`
 }
 
 // Parking (OpQuiesce). The wake line is host → guest raw bytes on the channel, before any

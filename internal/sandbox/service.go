@@ -119,12 +119,32 @@ type Options struct {
 	Unavailable error
 	Metrics     prometheus.Registerer
 	Logger      *slog.Logger
+	// Templates knows the user templates (nil: only the built-ins exist).
+	Templates TemplateCatalog
+}
+
+// TemplateCatalog resolves template names that are not built-ins. internal allows the
+// names only builds use (an image by key).
+type TemplateCatalog interface {
+	Template(name model.Runtime, internal bool) (*TemplateDefaults, bool)
+}
+
+// TemplateDefaults is what a user template gives its sandboxes: env under theirs, and a
+// start command run in the background once the VM is up, with a readiness check that
+// must pass (exit 0) before the sandbox is handed out.
+type TemplateDefaults struct {
+	Env      map[string]string
+	Workdir  string
+	User     string
+	StartCmd []string
+	ReadyCmd string
 }
 
 // Service runs sandboxes. Create it with New, stop it with Shutdown.
 type Service struct {
 	cfg         Config
 	st          *store.Store
+	templates   TemplateCatalog
 	launch      Launcher
 	unavailable error
 	log         *slog.Logger
@@ -169,7 +189,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	s := &Service{cfg: o.Config, st: o.Store, launch: o.Launcher, unavailable: o.Unavailable, log: o.Logger, live: map[string]*box{},
+	s := &Service{cfg: o.Config, st: o.Store, templates: o.Templates, launch: o.Launcher, unavailable: o.Unavailable, log: o.Logger, live: map[string]*box{},
 		envs: map[string]map[string]string{}}
 	if s.launch == nil && s.unavailable == nil {
 		s.unavailable = errors.New("no VM backend is configured")
@@ -199,9 +219,33 @@ func (s *Service) Config() Config { return s.cfg }
 // The boot is not bound to ctx (a client that gives up does not leave a half-made VM:
 // the sandbox is made or failed either way, and listed).
 func (s *Service) Create(ctx context.Context, spec model.SandboxSpec) (*model.Sandbox, error) {
-	spec, err := Validate(spec, s.cfg.Limits)
+	return s.create(ctx, spec, false)
+}
+
+// CreateInternal is Create for the server's own uses (a template build's VM), which may
+// name templates no client can.
+func (s *Service) CreateInternal(ctx context.Context, spec model.SandboxSpec) (*model.Sandbox, error) {
+	return s.create(ctx, spec, true)
+}
+
+func (s *Service) create(ctx context.Context, spec model.SandboxSpec, internal bool) (*model.Sandbox, error) {
+	var tpl *TemplateDefaults
+	if spec.Template != "" && !spec.Template.ValidTemplate() && s.templates != nil {
+		tpl, _ = s.templates.Template(spec.Template, internal)
+	}
+	spec, err := validate(spec, s.cfg.Limits, tpl != nil)
 	if err != nil {
 		return nil, err
+	}
+	if tpl != nil && len(tpl.Env) > 0 {
+		env := map[string]string{}
+		for k, v := range tpl.Env {
+			env[k] = v
+		}
+		for k, v := range spec.Env {
+			env[k] = v
+		}
+		spec.Env = env
 	}
 	if s.launch == nil {
 		return nil, fmt.Errorf("%w: %v", errUnavailable, s.unavailable)
@@ -224,6 +268,12 @@ func (s *Service) Create(ctx context.Context, spec model.SandboxSpec) (*model.Sa
 	bootCtx, cancel := context.WithTimeout(s.base, s.cfg.BootTimeout)
 	start := time.Now()
 	m, err := s.launch.Launch(bootCtx, b.sb.ID, spec)
+	if err == nil && tpl != nil && len(tpl.StartCmd) > 0 {
+		if err = startCommand(bootCtx, m.Session(), tpl); err != nil {
+			m.Stop(context.WithoutCancel(ctx))
+			err = fmt.Errorf("the template's start command: %w", err)
+		}
+	}
 	cancel()
 	if err != nil {
 		s.end(b, model.SandboxFailed, "boot failed: "+err.Error())

@@ -24,11 +24,16 @@ func invalid(field, format string, args ...any) error {
 // Validate checks a create request and fills its defaults (template python, network
 // none, resources, timeout 300 s). Every error wraps ErrInvalid and a *model.FieldError.
 func Validate(spec model.SandboxSpec, limits model.Limits) (model.SandboxSpec, error) {
+	return validate(spec, limits, false)
+}
+
+// validate is Validate where userTemplate says the template is a known user template.
+func validate(spec model.SandboxSpec, limits model.Limits, userTemplate bool) (model.SandboxSpec, error) {
 	if spec.Template == "" {
 		spec.Template = model.RuntimePython
 	}
-	if !spec.Template.ValidTemplate() {
-		return spec, invalid("template", "unknown template %q (want base, go, node or python)", spec.Template)
+	if !spec.Template.ValidTemplate() && !userTemplate {
+		return spec, invalid("template", "unknown template %q (want base, go, node, python or a template built here: GET /v1/templates)", spec.Template)
 	}
 	res := spec.Resources
 	res.TimeoutS = 1 // the sandbox's own timeout is TimeoutS; Apply checks the rest

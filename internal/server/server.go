@@ -20,6 +20,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/mcpserver"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/template"
 )
 
 // Options are New's inputs. Store and Registry are the caller's (it opens and closes
@@ -39,6 +40,12 @@ type Options struct {
 	// capacity budget (pooled VMs count in it and yield to live sandboxes) and is closed
 	// after the sandboxes at shutdown.
 	VMs PoolOwner
+	// Templates, when set, keeps user templates: sandboxes may name them and the API
+	// builds them (TemplateBuild sizes builds). ImageInUse tells the registry's GC which
+	// images VMs still run on or were paused on.
+	Templates     *template.Registry
+	TemplateBuild template.Config
+	ImageInUse    func(sha string) bool
 	// API carries the API's own settings (token, dashboard, allowed hosts and origins,
 	// body timeout, heartbeat); its Engine, Registry, Sandboxes and MCP are set here, and
 	// its Logger and Metrics/Gatherer when it has none (Logger and Metrics below).
@@ -56,7 +63,8 @@ type PoolOwner interface {
 // Server is an assembled server.
 type Server struct {
 	Engine    *engine.Engine
-	Sandboxes *sandbox.Service // nil with NoSandboxes
+	Sandboxes *sandbox.Service  // nil with NoSandboxes
+	Builder   *template.Builder // nil without Templates or sandboxes
 	Metrics   *prometheus.Registry
 	handler   http.Handler
 	mcp       *mcpserver.Mounted
@@ -87,6 +95,9 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if !o.NoSandboxes {
 		so := sandbox.Options{Config: o.Sandbox, Store: o.Store, Launcher: o.Launcher, Unavailable: o.SandboxUnavailable,
 			Metrics: o.Metrics, Logger: o.Logger}
+		if o.Templates != nil {
+			so.Templates = o.Templates
+		}
 		if so.Launcher == nil && so.Unavailable == nil {
 			so.Unavailable = errors.New("no backend can start sandboxes")
 		}
@@ -103,9 +114,14 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 			})
 		}
 	}
+	if o.Templates != nil && s.Sandboxes != nil {
+		s.Builder = template.NewBuilder(o.TemplateBuild, o.Templates, s.Sandboxes, o.Logger)
+		s.Builder.InUse = o.ImageInUse
+		o.Templates.GC(o.ImageInUse) // what a crash or a removal left
+	}
 	s.mcp = mcpserver.NewMounted(o.API.Token)
 	ao := o.API
-	ao.Engine, ao.Registry, ao.Sandboxes, ao.MCP = s.Engine, o.Registry, s.Sandboxes, s.mcp
+	ao.Engine, ao.Registry, ao.Sandboxes, ao.MCP, ao.Templates = s.Engine, o.Registry, s.Sandboxes, s.mcp, s.Builder
 	if ao.Logger == nil {
 		ao.Logger = o.Logger
 	}
@@ -132,6 +148,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
 	if s.Engine != nil {
 		err = s.Engine.Shutdown(ctx)
+	}
+	if s.Builder != nil {
+		s.Builder.Close() // its build VMs are sandboxes: stopped before them
 	}
 	if s.Sandboxes != nil {
 		s.Sandboxes.Shutdown(ctx)

@@ -97,7 +97,7 @@ microVM booted from the parent template; unchanged steps come from the cache.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			p := &buildProgress{w: out, total: len(b.Steps), quiet: asJSON}
+			p := &buildProgress{w: out, total: len(b.Steps) - 1, quiet: asJSON}
 			final, err := c.FollowBuild(cmd.Context(), b.ID, p.event)
 			if err != nil {
 				return err

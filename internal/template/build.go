@@ -263,10 +263,11 @@ func (bd *Build) setStep(i int, state string, secs float64) {
 	bd.mu.Lock()
 	s := &bd.info.Steps[i]
 	s.State, s.Seconds = state, secs
-	switch state {
-	case StepCached:
+	switch {
+	case i == 0: // the stage: not a step of the file
+	case state == StepCached:
 		bd.info.Cached++
-	case StepDone:
+	case state == StepDone:
 		bd.info.Ran++
 	}
 	cp := *s
@@ -538,8 +539,10 @@ func (b *Builder) build(ctx context.Context, bd *Build, p *plan) (*Template, err
 		if image = b.reg.imageByKey(finalKey); image != nil {
 			cached = len(df.Steps)
 		} else {
+			// The longest prefix ending in a stored diff, with the steps after it that
+			// write no files (they only change the state).
 			for n := len(df.Steps); n > 0; n-- {
-				if d := diffOf[n]; d == 0 || fileExists(b.cachePath(keys[d])) {
+				if d := diffOf[n]; d > 0 && fileExists(b.cachePath(keys[d])) {
 					cached = n
 					break
 				}
@@ -550,7 +553,13 @@ func (b *Builder) build(ctx context.Context, bd *Build, p *plan) (*Template, err
 		bd.setStep(n, StepCached, 0)
 	}
 	if image == nil {
-		if image, err = b.runSteps(ctx, bd, p, stageRef, keys, states, diffOf, copies, cached, finalKey); err != nil {
+		tree := b.stageTree(stage)
+		if cached == len(df.Steps) && tree != "" {
+			bd.logf("every step is cached: making the image from the stage's tree and the cached changes")
+		} else if err := b.runSteps(ctx, bd, p, stage, stageRef, keys, states, diffOf, copies, cached); err != nil {
+			return nil, err
+		}
+		if image, err = b.compose(ctx, bd, p, stage, b.cachePath(keys[diffOf[len(df.Steps)]]), finalKey); err != nil {
 			return nil, err
 		}
 	}
@@ -758,17 +767,18 @@ func fileSHA(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// runSteps boots the build VM on the stage, puts the cached prefix back, runs the rest,
-// caching each file-writing step's diff, and turns the finished tree into the image.
-func (b *Builder) runSteps(ctx context.Context, bd *Build, p *plan, stageRef model.Runtime, keys []string, states []state,
-	diffOf []int, copies [][]copySource, cached int, finalKey string) (*images.RootFS, error) {
+// runSteps boots the build VM on the stage, keeps the stage's tree on the host the first
+// time, puts the cached prefix back, and runs the rest, caching each file-writing step's
+// diff (the last one is what compose applies).
+func (b *Builder) runSteps(ctx context.Context, bd *Build, p *plan, stage *images.RootFS, stageRef model.Runtime, keys []string, states []state,
+	diffOf []int, copies [][]copySource, cached int) error {
 	df := p.df
 	bd.logf("booting a build VM from %s (network %s)", df.From, p.req.Network)
 	sb, err := b.sbx.CreateInternal(ctx, model.SandboxSpec{Template: stageRef, Network: p.req.Network,
 		Resources: model.Resources{CPUs: b.cfg.BuildCPUs, MemMB: b.cfg.BuildMemMB},
 		TimeoutS:  int(b.cfg.Timeout / time.Second), Metadata: map[string]string{"vulcan.build": bd.info.ID, "vulcan.template": p.req.Name}})
 	if err != nil {
-		return nil, fmt.Errorf("the build VM: %w", err)
+		return fmt.Errorf("the build VM: %w", err)
 	}
 	defer func() {
 		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -777,17 +787,24 @@ func (b *Builder) runSteps(ctx context.Context, bd *Build, p *plan, stageRef mod
 	}()
 	sess, _, err := b.sbx.Session(ctx, sb.ID)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if d := diffOf[cached]; d > 0 {
+	if b.stageTree(stage) == "" {
+		t := time.Now()
+		if err := b.saveStageTree(ctx, sess, stage); err != nil {
+			return fmt.Errorf("keeping the stage's file system: %w", err)
+		}
+		bd.logf("kept the stage's file system on the host (%.1fs; later builds on it skip this)", time.Since(t).Seconds())
+	}
+	if d := diffOf[cached]; d > 0 && cached < len(df.Steps) {
 		f, err := os.Open(b.cachePath(keys[d]))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		err = applyTar(ctx, sess, "/", protocol.LayerDiff, nil, f)
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("restoring the cached steps: %w", err)
+			return fmt.Errorf("restoring the cached steps: %w", err)
 		}
 	}
 	for n := cached + 1; n <= len(df.Steps); n++ {
@@ -807,18 +824,17 @@ func (b *Builder) runSteps(ctx context.Context, bd *Build, p *plan, stageRef mod
 		}
 		if err != nil {
 			bd.setStep(n, StepFailed, time.Since(t).Seconds())
-			return nil, lineErr(s.Line, "%s: %v", s.Kind, err)
+			return lineErr(s.Line, "%s: %v", s.Kind, err)
 		}
 		if s.ChangesFiles() {
 			if err := b.saveDiff(ctx, sess, keys[n]); err != nil {
 				bd.setStep(n, StepFailed, time.Since(t).Seconds())
-				return nil, fmt.Errorf("caching step %d: %w", n, err)
+				return fmt.Errorf("caching step %d: %w", n, err)
 			}
 		}
 		bd.setStep(n, StepDone, time.Since(t).Seconds())
 	}
-	bd.logf("exporting the file system")
-	return b.exportImage(ctx, bd, sess, finalKey, p)
+	return nil
 }
 
 func (b *Builder) runCommand(ctx context.Context, bd *Build, sess *protocol.Session, s Step, st state) error {
@@ -986,18 +1002,37 @@ func applyTar(ctx context.Context, sess *protocol.Session, dir, kind string, own
 	return nil
 }
 
-// exportImage reads the build VM's whole tree into a scratch dir and makes the ext4.
-func (b *Builder) exportImage(ctx context.Context, bd *Build, sess *protocol.Session, key string, p *plan) (*images.RootFS, error) {
-	work, err := os.MkdirTemp(filepath.Join(b.reg.dir, "work"), "tree-")
+// maxStageTrees bounds the stage trees kept on the host (each is a whole root file
+// system): the least recently used go first.
+const maxStageTrees = 4
+
+// stageTree is the host's copy of a stage image's tree, "" when it has none.
+func (b *Builder) stageTree(stage *images.RootFS) string {
+	dir := filepath.Join(b.reg.dir, "trees", stage.Manifest.SHA256)
+	if !fileExists(filepath.Join(dir, ".complete")) {
+		return ""
+	}
+	now := time.Now()
+	os.Chtimes(dir, now, now) // recently used
+	return filepath.Join(dir, "tree")
+}
+
+// saveStageTree reads the build VM's tree as it booted (no step has run) into the
+// host's stage tree cache.
+func (b *Builder) saveStageTree(ctx context.Context, sess *protocol.Session, stage *images.RootFS) error {
+	trees := filepath.Join(b.reg.dir, "trees")
+	if err := os.MkdirAll(trees, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(trees, ".tmp-")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	defer os.RemoveAll(work)
-	tree := filepath.Join(work, "tree")
+	defer os.RemoveAll(tmp)
+	tree := filepath.Join(tmp, "tree")
 	if err := os.Mkdir(tree, 0o755); err != nil {
-		return nil, err
+		return err
 	}
-	t := time.Now()
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
 	go func() {
@@ -1005,20 +1040,73 @@ func (b *Builder) exportImage(ctx context.Context, bd *Build, sess *protocol.Ses
 		pw.CloseWithError(err)
 		errc <- err
 	}()
-	stats, err := layer.Apply(ctx, pr, tree, layer.Options{KeepOwners: true, Limits: layer.Limits{MaxBytes: b.cfg.MaxImageBytes}})
+	_, err = layer.Apply(ctx, pr, tree, layer.Options{KeepOwners: true, Limits: layer.Limits{MaxBytes: b.cfg.MaxImageBytes}})
 	pr.CloseWithError(errors.New("stopped reading"))
 	if aerr := <-errc; err == nil && aerr != nil {
 		err = aerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("exporting the build VM's files: %w", err)
+		return err
 	}
-	bd.logf("exported %d entries, %d MiB in %.1fs", stats.Entries, stats.Bytes>>20, time.Since(t).Seconds())
-	img := filepath.Join(work, "image.ext4")
+	if err := os.WriteFile(filepath.Join(tmp, ".complete"), nil, 0o600); err != nil {
+		return err
+	}
+	dst := filepath.Join(trees, stage.Manifest.SHA256)
+	os.RemoveAll(dst)
+	if err := os.Rename(tmp, dst); err != nil {
+		return err
+	}
+	// The least recently used trees past the cap go.
+	dirs, _ := filepath.Glob(filepath.Join(trees, "[0-9a-f]*"))
+	sort.Slice(dirs, func(i, j int) bool { return modTime(dirs[i]).After(modTime(dirs[j])) })
+	for _, d := range dirs[min(len(dirs), maxStageTrees):] {
+		os.RemoveAll(d)
+	}
+	return nil
+}
+
+func modTime(p string) time.Time {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
+}
+
+// compose makes the image: a copy of the stage's tree with the build's changes (a diff
+// from the step cache) applied, as ext4.
+func (b *Builder) compose(ctx context.Context, bd *Build, p *plan, stage *images.RootFS, diff, key string) (*images.RootFS, error) {
+	t := time.Now()
+	src := b.stageTree(stage)
+	if src == "" {
+		return nil, errors.New("the stage's tree went from the host's cache during the build")
+	}
+	work, err := os.MkdirTemp(filepath.Join(b.reg.dir, "work"), "tree-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	tree := filepath.Join(work, "tree")
+	if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", src, tree).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("copying the stage's tree: %v: %s", err, bytes.TrimSpace(out))
+	}
+	f, err := os.Open(diff)
+	if err != nil {
+		return nil, err
+	}
+	stats, err := layer.Apply(ctx, f, tree, layer.Options{Whiteouts: true, KeepOwners: true, Limits: layer.Limits{MaxBytes: b.cfg.MaxImageBytes}})
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("applying the build's changes: %w", err)
+	}
 	usedKB, err := duKB(tree)
 	if err != nil {
 		return nil, err
 	}
+	if usedKB<<10 > b.cfg.MaxImageBytes {
+		return nil, fmt.Errorf("the image would hold %d MiB, more than the %d MiB a template may", usedKB>>10, b.cfg.MaxImageBytes>>20)
+	}
+	img := filepath.Join(work, "image.ext4")
 	sizeMB := usedKB*115/100/1024 + 64
 	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-d", tree, "-L", "vulcan-tpl", "-O", "^has_journal", "-m", "0",
 		"-E", "root_owner=0:0", img, strconv.FormatInt(sizeMB, 10)+"M").CombinedOutput()
@@ -1033,14 +1121,14 @@ func (b *Builder) exportImage(ctx context.Context, bd *Build, sess *protocol.Ses
 	if err != nil {
 		return nil, err
 	}
-	pm := p.parent.Manifest
+	pm := stage.Manifest
 	m := images.RootFSManifest{Kind: "rootfs", Runtime: p.runtime, RuntimeVersion: pm.RuntimeVersion, AgentVersion: pm.AgentVersion,
 		AgentSHA256: pm.AgentSHA256, Suite: pm.Suite, SizeBytes: fi.Size(), UsedBytes: usedKB << 10, SHA256: sha,
 		BuiltAt: time.Now().UTC().Format(time.RFC3339)}
 	if err := b.storeImage(ctx, key, img, m); err != nil {
 		return nil, err
 	}
-	bd.logf("image %s: %d MiB", key, fi.Size()>>20)
+	bd.logf("image %s: %d MiB (%d changes applied to the stage's tree, %.1fs)", key, fi.Size()>>20, stats.Entries, time.Since(t).Seconds())
 	return b.reg.imageByKey(key), nil
 }
 

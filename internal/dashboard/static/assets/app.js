@@ -11,6 +11,7 @@ import * as charts from "./pages/charts.js";
 import * as sandboxes from "./pages/sandboxes.js";
 import * as sandboxNew from "./pages/sandbox-new.js";
 import * as sandbox from "./pages/sandbox.js";
+import * as templates from "./pages/templates.js";
 
 const routes = [
   { re: /^\/(workloads\/?)?$/, page: workloads, nav: "workloads" },
@@ -19,6 +20,7 @@ const routes = [
   { re: /^\/sandboxes\/?$/, page: sandboxes, nav: "sandboxes" },
   { re: /^\/sandboxes\/new\/?$/, page: sandboxNew, nav: "sandboxes" },
   { re: /^\/sandboxes\/([0-9A-Za-z_-]+)\/?$/, page: sandbox, nav: "sandboxes" },
+  { re: /^\/templates\/?$/, page: templates, nav: "templates" },
   { re: /^\/backends\/?$/, page: backends, nav: "backends" },
   { re: /^\/charts\/?$/, page: charts, nav: "charts" },
 ];

@@ -72,8 +72,8 @@ RUN python3 -m compileall -q . && echo built > marker && rm -f /etc/motd
 RUN python3 -c "import numpy; print(numpy.__version__)" > numpy-version
 `
 	writeFiles(t, dir, map[string]string{
-		"Dockerfile":  dockerfile,
-		"app/calc.py": "import numpy\nprint('sum', int(numpy.arange(10).sum()))\n",
+		"Dockerfile":      dockerfile,
+		"app/calc.py":     "import numpy\nprint('sum', int(numpy.arange(10).sum()))\n",
 		"app/lib/util.py": "def twice(x):\n    return 2 * x\n",
 	})
 	b, out, code := buildTemplate(t, s, "ds", dir)

@@ -22,6 +22,7 @@ import (
 var allowedDeps = []string{
 	"github.com/vulcanhq/vulcan/internal/protocol",
 	"github.com/vulcanhq/vulcan/internal/guest",
+	"github.com/vulcanhq/vulcan/internal/layer", // template builds: tar trees and diffs
 	"github.com/vulcanhq/vulcan/internal/version",
 	"github.com/mdlayher/vsock",
 	"github.com/mdlayher/socket",

@@ -189,3 +189,90 @@ RUN python3 -c "import numpy; print(numpy.__version__)" > numpy-version
 		t.Errorf("rm a built-in: %d %s", code, out)
 	}
 }
+
+// TestTemplateStartCmdAndCrash: a template's CMD runs when its sandbox starts and the
+// sandbox is handed out only once the readiness check passes (the first request to the
+// server in it succeeds); a server killed -9 in the middle of a build leaves, after its
+// restart, no template, no build VM and no half-made files.
+func TestTemplateStartCmdAndCrash(t *testing.T) {
+	data, err := os.MkdirTemp("", "vacc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	s := startServer(t, data)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"Dockerfile": `FROM python
+RUN mkdir -p /srv && echo served-by-the-start-command > /srv/index.html
+CMD ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/srv"]
+# vulcan:ready python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/')"
+`})
+	if _, out, code := buildTemplate(t, s, "web", dir); code != 0 {
+		t.Fatalf("build: %d %s", code, out)
+	}
+	id, code := s.vulcan("sandbox", "create", "--template", "web")
+	if code != 0 {
+		t.Fatalf("create: %d %s", code, id)
+	}
+	id = strings.TrimSpace(id)
+	out, code := s.vulcan("exec", id, "--", `python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/index.html').read().decode().strip())"`)
+	if code != 0 || strings.TrimSpace(out) != "served-by-the-start-command" {
+		t.Fatalf("the start command's server, right after create: %d %s", code, out)
+	}
+	s.vulcan("sandbox", "kill", id)
+
+	// A build in a long step, then kill -9.
+	body, _ := json.Marshal(map[string]string{"name": "slow", "dockerfile": "FROM python\nRUN echo started; sleep 300\n", "network": "none"})
+	resp, err := http.Post(s.url+"/v1/templates", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b template.BuildInfo
+	json.NewDecoder(resp.Body).Decode(&b)
+	resp.Body.Close()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		resp, err := http.Get(s.url + "/v1/builds/" + b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cur template.BuildInfo
+		json.NewDecoder(resp.Body).Decode(&cur)
+		resp.Body.Close()
+		if len(cur.Steps) > 1 && cur.Steps[1].State == template.StepRunning {
+			break
+		}
+		if time.Now().After(deadline) || cur.State == template.BuildFailed {
+			t.Fatalf("the build never reached its step: %+v", cur)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.crash()
+	s = startServer(t, data)
+	if ls, _ := s.vulcan("template", "ls"); strings.Contains(ls, "slow") || !strings.Contains(ls, "web") {
+		t.Errorf("after the crash: %s", ls)
+	}
+	work, _ := os.ReadDir(filepath.Join(data, "templates", "work"))
+	if len(work) != 0 {
+		t.Errorf("the crashed build left work files: %v", work)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for left := s.leftovers(); len(left) != 0; left = s.leftovers() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the crashed build's VM is left: %v", left)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), data) && strings.Contains(string(cmdline), "qemu") {
+			t.Errorf("a VMM of the crashed server still runs: %q", cmdline)
+		}
+	}
+	// The same build again runs to its failure cleanly (a shorter step) and the cache
+	// has nothing of the interrupted one.
+	if out, code := s.vulcan("sandbox", "ls"); code != 0 || strings.Contains(out, "running") {
+		t.Errorf("sandboxes after the restart: %d %s", code, out)
+	}
+}

@@ -24,9 +24,17 @@ func TestE2BSDKOnRealVMs(t *testing.T) {
 		t.Skip("node is not installed")
 	}
 	s := startServer(t, "", "VULCAN_POOL=base=1:2", "VULCAN_SNAPSHOTS=true")
+	// A user template, which the SDK names by its templateID.
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"Dockerfile": "FROM python\nENV TPL_ENV=from-the-template\nRUN echo made-by-a-dockerfile > /etc/template-marker\n"})
+	if _, out, code := buildTemplate(t, s, "e2b-tpl", dir); code != 0 {
+		t.Fatalf("template build: %d %s", code, out)
+	}
 	for i, m := range e2btest.SDKModules {
 		template := []string{"base", "python"}[i%2]
-		t.Run(m+"/"+template, func(t *testing.T) { e2btest.RunSDK(t, m, s.url, "any-key", template, "VULCAN_CAN_PAUSE=1") })
+		t.Run(m+"/"+template, func(t *testing.T) {
+			e2btest.RunSDK(t, m, s.url, "any-key", template, "VULCAN_CAN_PAUSE=1", "USER_TEMPLATE=e2b-tpl")
+		})
 	}
 	if left := s.leftovers(); len(left) > 0 {
 		t.Errorf("left behind after the SDK's sandboxes were killed: %v", left)

@@ -65,6 +65,21 @@ func agentBinary() string {
 	return p
 }
 
+// cacheDir is the host's build cache (the Makefile's VULCAN_CACHE_DIR): template builds
+// share it with `make images`.
+func cacheDir() string {
+	if d := os.Getenv("VULCAN_CACHE_DIR"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/cache/vulcan"
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "vulcan")
+	}
+	return ""
+}
+
 // serve runs the server until ctx ends, then shuts down in dependency order: stop taking
 // requests' new work (engine), drain HTTP, release backends, close the store.
 func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]byte) (int, error) }) (err error) {
@@ -107,7 +122,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 		API: api.Options{Token: cfg.APIToken, AllowedHosts: append([]string{cfg.ListenAddr}, cfg.AllowedHosts...),
 			AllowedOrigins: cfg.AllowedOrigins, BodyTimeout: cfg.BodyTimeout, Dashboard: dashboard.New()}}
 	so.Templates = templates
-	so.TemplateBuild = template.Config{ImagesDir: cfg.ImagesDir, AgentPath: agentBinary()}
+	so.TemplateBuild = template.Config{ImagesDir: cfg.ImagesDir, AgentPath: agentBinary(), CacheDir: cacheDir()}
 	so.API.ImagesDir = cfg.ImagesDir
 	if vms != nil {
 		so.Launcher = microvm.Launcher{B: vms}

@@ -46,7 +46,8 @@ type Config struct {
 	// ImagesDir holds the built-in templates' images (FROM base, python, node, go).
 	ImagesDir string
 	// AgentPath is the guest agent put into images the apt stage makes; CacheDir keeps
-	// that stage's Debian trees (scripts/build-rootfs.sh's cache).
+	// that stage's Debian trees (scripts/build-rootfs.sh's cache) and the stages' trees
+	// the images are composed from ("": beside the registry, and the script's default).
 	AgentPath string
 	CacheDir  string
 	// Timeout bounds one build (default 30 min); MaxImageBytes the finished tree (default
@@ -1006,9 +1007,18 @@ func applyTar(ctx context.Context, sess *protocol.Session, dir, kind string, own
 // system): the least recently used go first.
 const maxStageTrees = 4
 
+// treesDir keeps stage trees: in the host's cache dir when there is one (content-addressed,
+// so every server on the host shares them), else beside the registry.
+func (b *Builder) treesDir() string {
+	if b.cfg.CacheDir != "" {
+		return filepath.Join(b.cfg.CacheDir, "template-trees")
+	}
+	return filepath.Join(b.reg.dir, "trees")
+}
+
 // stageTree is the host's copy of a stage image's tree, "" when it has none.
 func (b *Builder) stageTree(stage *images.RootFS) string {
-	dir := filepath.Join(b.reg.dir, "trees", stage.Manifest.SHA256)
+	dir := filepath.Join(b.treesDir(), stage.Manifest.SHA256)
 	if !fileExists(filepath.Join(dir, ".complete")) {
 		return ""
 	}
@@ -1020,7 +1030,7 @@ func (b *Builder) stageTree(stage *images.RootFS) string {
 // saveStageTree reads the build VM's tree as it booted (no step has run) into the
 // host's stage tree cache.
 func (b *Builder) saveStageTree(ctx context.Context, sess *protocol.Session, stage *images.RootFS) error {
-	trees := filepath.Join(b.reg.dir, "trees")
+	trees := b.treesDir()
 	if err := os.MkdirAll(trees, 0o700); err != nil {
 		return err
 	}
@@ -1052,8 +1062,10 @@ func (b *Builder) saveStageTree(ctx context.Context, sess *protocol.Session, sta
 		return err
 	}
 	dst := filepath.Join(trees, stage.Manifest.SHA256)
-	os.RemoveAll(dst)
 	if err := os.Rename(tmp, dst); err != nil {
+		if b.stageTree(stage) != "" {
+			return nil // another build (this server's or another's on the host) kept it first
+		}
 		return err
 	}
 	// The least recently used trees past the cap go.

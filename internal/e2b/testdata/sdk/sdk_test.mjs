@@ -252,6 +252,20 @@ if (process.env.VULCAN_CAN_PAUSE === '1') {
   })
 }
 
+if (process.env.USER_TEMPLATE) {
+  // A template built on this server (vulcan template build): its files and ENV.
+  await check('a user template by its templateID', async () => {
+    const u = await Sandbox.create(process.env.USER_TEMPLATE)
+    try {
+      assert.equal((await u.getInfo()).templateId, process.env.USER_TEMPLATE)
+      const r = await u.commands.run('cat /etc/template-marker; echo $TPL_ENV')
+      assert.equal(r.stdout, 'made-by-a-dockerfile\nfrom-the-template\n')
+    } finally {
+      await Sandbox.kill(u.sandboxId)
+    }
+  })
+}
+
 await check('unknown template', async () => {
   await assert.rejects(Sandbox.create('cobol-' + tag), (e) => /not found/.test(e.message))
 })

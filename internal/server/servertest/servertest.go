@@ -16,6 +16,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/server"
 	"github.com/vulcanhq/vulcan/internal/store"
+	"github.com/vulcanhq/vulcan/internal/template"
 )
 
 // Stack is the served server.
@@ -24,6 +25,8 @@ type Stack struct {
 	Store     *store.Store
 	Engine    *engine.Engine
 	Sandboxes *sandbox.Service // nil without a launcher
+	// TemplateDir is the template registry's dir (with Options.Templates).
+	TemplateDir string
 }
 
 // Options shape a stack; the zero value is workloads only, on no backend.
@@ -36,6 +39,10 @@ type Options struct {
 	Launcher sandbox.Launcher
 	// API adjusts the API's own options (token, heartbeat, dashboard).
 	API func(*api.Options)
+	// Templates keeps user templates in a registry under the test's temp dir, with
+	// TemplateImages as the built-ins' images dir (builds need a Launcher too).
+	Templates      bool
+	TemplateImages string
 }
 
 // NewStack serves fake (or, when nil, no backend) through the real server, without
@@ -57,8 +64,19 @@ func New(t testing.TB, o Options) *Stack {
 	} else {
 		reg.Missing("microvm", "microvm: no kernel image; run `make images`")
 	}
+	templateDir := ""
 	so := server.Options{Store: st, Registry: reg, Engine: o.Engine, Launcher: o.Launcher, NoSandboxes: o.Launcher == nil,
 		Logger: slog.New(slog.DiscardHandler)}
+	if o.Templates {
+		tr, err := template.OpenRegistry(filepath.Join(t.TempDir(), "templates"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		so.Templates = tr
+		templateDir = tr.Dir()
+		so.TemplateBuild = template.Config{ImagesDir: o.TemplateImages, CacheDir: t.TempDir()}
+		so.API.ImagesDir = o.TemplateImages
+	}
 	if o.API != nil {
 		o.API(&so.API)
 	}
@@ -76,5 +94,5 @@ func New(t testing.TB, o Options) *Stack {
 		srv.Shutdown(ctx)
 		st.Close()
 	})
-	return &Stack{Server: hs, Store: st, Engine: srv.Engine, Sandboxes: srv.Sandboxes}
+	return &Stack{Server: hs, Store: st, Engine: srv.Engine, Sandboxes: srv.Sandboxes, TemplateDir: templateDir}
 }

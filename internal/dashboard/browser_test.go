@@ -227,6 +227,31 @@ func TestDashboardInBrowser(t *testing.T) {
 		b.shot(t, "metrics")
 	})
 
+	// A template built from the Templates page: the build's steps progress to done in a
+	// build VM, its log streams, and the new template is listed; a bad Dockerfile's line
+	// is shown next to the form.
+	t.Run("templates", func(t *testing.T) {
+		b.do(t, chromedp.Navigate(base+"/templates"), chromedp.WaitVisible(chromedp.CSS(`#build-form`)))
+		b.poll(t, `!!document.querySelector('#templates tr[data-name="python"]')`)
+		b.do(t, chromedp.SetValue(chromedp.CSS(`#tpl-name`), "bad-one"),
+			chromedp.SetValue(chromedp.CSS(`#tpl-dockerfile`), "FROM python\nEXPOSE 80\n"), chromedp.Click(chromedp.CSS(`#build-form button[type=submit]`)))
+		b.poll(t, `/line 2/.test(document.querySelector('#build-form [role=alert]').textContent)`)
+		b.do(t, chromedp.SetValue(chromedp.CSS(`#tpl-name`), "from-browser"),
+			chromedp.SetValue(chromedp.CSS(`#tpl-dockerfile`), "FROM python\nENV MADE=browser\nRUN echo built-in-a-vm > /built && echo step-output-line\n"),
+			chromedp.SetValue(chromedp.CSS(`#tpl-network`), "none"), chromedp.Click(chromedp.CSS(`#build-form button[type=submit]`)))
+		b.pollOr(t, `document.querySelector('section.build[data-template="from-browser"] [data-k=state]')?.textContent === 'ready'`,
+			`document.querySelector('#builds')?.innerText`)
+		card := `document.querySelector('section.build[data-template="from-browser"]')`
+		if got := b.eval(t, `String(`+card+`.querySelectorAll('li[data-state=done] progress[value="100"]').length)`); got != "3" {
+			t.Errorf("%s steps shown done with a full bar, want 3 (FROM and two): %s", got, b.eval(t, card+`.innerText`))
+		}
+		if log := b.eval(t, card+`.querySelector('.build-log').textContent`); !strings.Contains(log, "step-output-line") {
+			t.Errorf("the step's output is not in the build's log: %q", log)
+		}
+		b.poll(t, `!!document.querySelector('#templates tr[data-name="from-browser"]')`)
+		b.shot(t, "templates")
+	})
+
 	// The sandbox pages on a python microVM: the terminal, files, processes, Kill.
 	t.Run("sandbox", func(t *testing.T) {
 		requiresTerminal(t)

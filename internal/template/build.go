@@ -865,8 +865,12 @@ func (b *Builder) runCommand(ctx context.Context, bd *Build, sess *protocol.Sess
 			return fmt.Errorf("the build VM's agent: %w", err)
 		}
 		if o := ev.Output; o != nil {
-			bd.emit(Event{Type: "log", Stream: o.Stream, Data: o.Data})
-			tail.Write([]byte(o.Data))
+			data := o.Data
+			if !o.Partial {
+				data += "\n" // a whole line comes without its newline
+			}
+			bd.emit(Event{Type: "log", Stream: o.Stream, Data: data})
+			tail.Write([]byte(data))
 		}
 		if x := ev.Exit; x != nil {
 			if x.Code != 0 || x.Error != "" {

@@ -16,7 +16,7 @@ export function render(main, ctx) {
   const stop = new AbortController();
   const list = h("div", { id: "templates" }, h("p", { class: "muted" }, "Loading…"));
   const builds = h("div", { id: "builds" });
-  const name = h("input", { id: "tpl-name", type: "text", required: true, pattern: "[a-z0-9][a-z0-9_-]{0,62}", placeholder: "my-template" });
+  const name = h("input", { id: "tpl-name", type: "text", required: true, pattern: "[a-z0-9][a-z0-9_\\-]{0,62}", placeholder: "my-template" });
   const file = h("textarea", { id: "tpl-dockerfile", rows: 10, spellcheck: "false", class: "code" }, EXAMPLE);
   const network = h("select", { id: "tpl-network" }, ["egress", "host", "none"].map((n) => h("option", { value: n }, n)));
   const err = h("div", { role: "alert" });
@@ -56,7 +56,7 @@ export function render(main, ctx) {
   function watch(b) {
     if (cards.has(b.id)) return;
     const steps = h("ol", { class: "steps" });
-    const log = h("pre", { class: "log build-log", "aria-label": "Build log", tabindex: "0" });
+    const log = h("pre", { class: "out build-log", "aria-label": "Build log", tabindex: "0" });
     const state = h("span", { class: "badge", dataset: { k: "state" } }, b.state);
     const summary = h("p", { class: "muted", dataset: { k: "summary" } });
     const card = h("section", { class: "card build", dataset: { id: b.id, template: b.template } },
@@ -107,7 +107,7 @@ export function render(main, ctx) {
 
 function table(templates, reload) {
   if (!templates.length) return h("p", { class: "muted" }, "No templates: run make images.");
-  return h("table", { class: "table" },
+  return h("div", { class: "table-wrap" }, h("table", { class: "list compact" },
     h("thead", {}, h("tr", {}, ["Name", "Kind", "From", "Size", "Built", ""].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, templates.map((t) => h("tr", { dataset: { name: t.name } },
       h("td", {}, h("code", {}, t.name)), h("td", {}, t.builtin ? "built-in" : "user"), h("td", {}, t.from || "—"),
@@ -116,5 +116,5 @@ function table(templates, reload) {
         if (!confirm("Remove template " + t.name + "?")) return;
         await request("DELETE", "/v1/templates/" + encodeURIComponent(t.name)).catch(() => {});
         reload();
-      } }, "Remove"))))));
+      } }, "Remove")))))));
 }

@@ -94,12 +94,17 @@ RUN python3 -c "import numpy; print(numpy.__version__)" > numpy-version
 		t.Fatalf("create from the template: %d %s", code, id)
 	}
 	id = strings.TrimSpace(id)
-	got, code := s.vulcan("exec", id, "--", "cd /opt/app && python3 calc.py && cat marker numpy-version && echo $GREETING && ls lib/__pycache__ | head -1 && test ! -e /etc/motd && echo motd-gone")
+	// Processes start in the template's WORKDIR, as Vulcan's default user (no USER).
+	got, code := s.vulcan("exec", id, "--", "pwd; id -un; python3 calc.py && cat marker numpy-version && echo $GREETING && ls lib/__pycache__ | head -1 && test ! -e /etc/motd && echo motd-gone")
 	if code != 0 {
 		t.Fatalf("exec in the template's sandbox: %d %s", code, got)
 	}
 	lines := strings.Split(strings.TrimSpace(got), "\n")
-	if len(lines) != 6 || lines[0] != "sum 45" || lines[1] != "built" || !strings.HasPrefix(lines[2], "1.") ||
+	if len(lines) != 8 || lines[0] != "/opt/app" || lines[1] != "user" {
+		t.Fatalf("processes in the template's sandbox: %q (want its WORKDIR, as user)", got)
+	}
+	lines = lines[2:]
+	if lines[0] != "sum 45" || lines[1] != "built" || !strings.HasPrefix(lines[2], "1.") ||
 		lines[3] != "hello-from-template" || !strings.HasPrefix(lines[4], "util.") || lines[5] != "motd-gone" {
 		t.Fatalf("the sandbox does not have what the build made: %q", got)
 	}
@@ -154,6 +159,9 @@ RUN python3 -c "import numpy; print(numpy.__version__)" > numpy-version
 	_, out, code = buildTemplate(t, s, "broken", fail)
 	if code == 0 || !strings.Contains(out, "line 3") || !strings.Contains(out, "oops-from-the-step") || !strings.Contains(out, "exited with 3") {
 		t.Errorf("a failing step: %d %s", code, out)
+	}
+	if ready, failed := s.metric("vulcan_template_builds_total", `outcome="ready"`), s.metric("vulcan_template_builds_total", `outcome="failed"`); ready != 3 || failed != 1 {
+		t.Errorf("build metrics: %v ready, %v failed; want 3 and 1", ready, failed)
 	}
 	ls, _ := s.vulcan("template", "ls")
 	if strings.Contains(ls, "broken") || !strings.Contains(ls, "ds2") || !strings.Contains(ls, "python") {
@@ -219,7 +227,32 @@ CMD ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory
 	if code != 0 || strings.TrimSpace(out) != "served-by-the-start-command" {
 		t.Fatalf("the start command's server, right after create: %d %s", code, out)
 	}
+	// Paused, then its template rebuilt: it resumes on the image it paused on (its
+	// start command's server still answering), while a new sandbox gets the new one.
+	if out, code := s.vulcan("sandbox", "pause", id); code != 0 {
+		t.Fatalf("pause: %d %s", code, out)
+	}
+	writeFiles(t, dir, map[string]string{"Dockerfile": strings.Replace(readFile(t, filepath.Join(dir, "Dockerfile")), "served-by-the-start-command", "rebuilt", 1)})
+	if b, out, code := buildTemplate(t, s, "web", dir); code != 0 || b.Ran != 1 {
+		t.Fatalf("rebuild: %d, %d steps ran; %s", code, b.Ran, out)
+	}
+	if out, code := s.vulcan("sandbox", "resume", id); code != 0 {
+		t.Fatalf("resume after the rebuild: %d %s", code, out)
+	}
+	fetch := `python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/index.html').read().decode().strip())"`
+	if out, code := s.vulcan("exec", id, "--", fetch+"; cat /srv/index.html"); code != 0 || out != "served-by-the-start-command\nserved-by-the-start-command\n" {
+		t.Errorf("the resumed sandbox: %d %q", code, out)
+	}
+	id2, code := s.vulcan("sandbox", "create", "--template", "web")
+	if code != 0 {
+		t.Fatalf("create from the rebuilt template: %d %s", code, id2)
+	}
+	id2 = strings.TrimSpace(id2)
+	if out, code := s.vulcan("exec", id2, "--", fetch); code != 0 || strings.TrimSpace(out) != "rebuilt" {
+		t.Errorf("a new sandbox from the rebuilt template: %d %q", code, out)
+	}
 	s.vulcan("sandbox", "kill", id)
+	s.vulcan("sandbox", "kill", id2)
 
 	// A build in a long step, then kill -9.
 	body, _ := json.Marshal(map[string]string{"name": "slow", "dockerfile": "FROM python\nRUN echo started; sleep 300\n", "network": "none"})
@@ -275,4 +308,13 @@ CMD ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory
 	if out, code := s.vulcan("sandbox", "ls"); code != 0 || strings.Contains(out, "running") {
 		t.Errorf("sandboxes after the restart: %d %s", code, out)
 	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

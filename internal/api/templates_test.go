@@ -72,6 +72,7 @@ func TestTemplateBuildRefusals(t *testing.T) {
 		want               string
 	}{
 		{"bad line", "application/json", "", jsonBody(map[string]string{"name": "x", "dockerfile": "FROM python\nRUN true\nVOLUME /data\n"}), 400, "line 3"},
+		{"COPY without a context", "application/json", "", jsonBody(map[string]string{"name": "x", "dockerfile": "FROM nosuch\nCOPY a /a\n"}), 400, "needs a build context"},
 		{"no FROM", "application/json", "", jsonBody(map[string]string{"name": "x", "dockerfile": "RUN true"}), 400, "before FROM"},
 		{"unknown parent", "application/json", "", jsonBody(map[string]string{"name": "x", "dockerfile": "FROM nosuch\n"}), 400, "no such template"},
 		{"missing image", "application/json", "", jsonBody(map[string]string{"name": "x", "dockerfile": "FROM python\n"}), 400, "no python image"},

@@ -103,14 +103,14 @@ func (b *Backend) ResumeSandbox(ctx context.Context, spec VMSpec, dir string) (*
 		return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
 	}
 	set := images.Load(b.cfg.ImagesDir)
+	// The image it paused on, by content: a built-in's, or a user template's (Template is
+	// then the runtime it descends from), which may have been rebuilt since: the old image
+	// stays while a paused VM needs it.
 	rootfs := b.rootfsFor(set, m.Template)
-	if rootfs != nil && rootfs.Manifest.SHA256 != m.RootFS && b.cfg.Templates != nil && !m.Template.ValidTemplate() {
-		// The template was rebuilt since the pause: resume on the image it paused on.
+	if (rootfs == nil || rootfs.Manifest.SHA256 != m.RootFS) && b.cfg.Templates != nil {
 		if old := b.cfg.Templates.ImageBySHA(m.RootFS); old != nil {
 			rootfs = old
 		}
-	} else if rootfs == nil && b.cfg.Templates != nil {
-		rootfs = b.cfg.Templates.ImageBySHA(m.RootFS)
 	}
 	switch {
 	case set.Kernel == nil || rootfs == nil:

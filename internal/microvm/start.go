@@ -42,7 +42,10 @@ func (b *Backend) acquire(ctx context.Context, driver vmm.Driver, job backend.Jo
 	}
 	if v == nil {
 		var err error
-		if v, err = b.bootFor(ctx, driver, job, kernel, rootfs, !networked); err != nil {
+		// A template build's VM (its template an internal image name, ".image-KEY") is
+		// booted once per stage: a snapshot of it would never be used.
+		internal := strings.HasPrefix(string(job.Spec.Runtime), ".")
+		if v, err = b.bootFor(ctx, driver, job, kernel, rootfs, !networked && !internal); err != nil {
 			return v, err
 		}
 	}

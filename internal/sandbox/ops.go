@@ -49,6 +49,16 @@ func (s *Service) StartProcess(ctx context.Context, id string, p protocol.Proces
 		maps.Copy(merged, p.Env)
 		p.Env = merged
 	}
+	// A user template's WORKDIR and USER are where and as whom its processes run unless
+	// the request says.
+	if d := s.templateDefaults(id); d != nil {
+		if p.Cwd == "" {
+			p.Cwd = d.Workdir
+		}
+		if p.User == "" {
+			p.User = d.User
+		}
+	}
 	start := time.Now()
 	st, resp, err := sess.Open(ctx, &protocol.Request{Op: protocol.OpProcessStart, Process: &p})
 	s.m.Op.WithLabelValues(protocol.OpProcessStart).Observe(time.Since(start).Seconds())

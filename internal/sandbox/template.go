@@ -23,6 +23,22 @@ func (s *Service) KnowsTemplate(name model.Runtime) bool {
 	return ok
 }
 
+// templateDefaults is the user template a live sandbox runs on, nil for a built-in.
+func (s *Service) templateDefaults(id string) *TemplateDefaults {
+	b := s.lookup(id)
+	if b == nil || s.templates == nil {
+		return nil
+	}
+	b.mu.Lock()
+	name := b.sb.Spec.Template
+	b.mu.Unlock()
+	if name.ValidTemplate() {
+		return nil
+	}
+	d, _ := s.templates.Template(name, true)
+	return d
+}
+
 // StartTag names a template's start command among the sandbox's processes.
 const StartTag = "start"
 

@@ -117,6 +117,9 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if o.Templates != nil && s.Sandboxes != nil {
 		s.Builder = template.NewBuilder(o.TemplateBuild, o.Templates, s.Sandboxes, o.Logger)
 		s.Builder.InUse = o.ImageInUse
+		if err := s.Builder.RegisterMetrics(o.Metrics); err != nil {
+			return nil, fmt.Errorf("templates: metrics: %w", err)
+		}
 		o.Templates.GC(o.ImageInUse) // what a crash or a removal left
 	}
 	s.mcp = mcpserver.NewMounted(o.API.Token)

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/layer"
@@ -100,6 +101,19 @@ type Builder struct {
 	wg    sync.WaitGroup
 	stop  context.CancelFunc
 	ctx   context.Context
+
+	builds *prometheus.CounterVec
+	steps  *prometheus.CounterVec
+	secs   prometheus.Histogram
+}
+
+// RegisterMetrics exports the builder's counters: builds by outcome, steps by how they
+// were had (ran, cached), and build seconds.
+func (b *Builder) RegisterMetrics(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	return errors.Join(reg.Register(b.builds), reg.Register(b.steps), reg.Register(b.secs))
 }
 
 // NewBuilder makes a builder over reg.
@@ -109,7 +123,21 @@ func NewBuilder(cfg Config, reg *Registry, sbx Sandboxes, log *slog.Logger) *Bui
 		log = slog.Default()
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Builder{cfg: cfg, reg: reg, sbx: sbx, log: log, sem: make(chan struct{}, 1), all: map[string]*Build{}, ctx: ctx, stop: stop}
+	b := &Builder{cfg: cfg, reg: reg, sbx: sbx, log: log, sem: make(chan struct{}, 1), all: map[string]*Build{}, ctx: ctx, stop: stop,
+		builds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vulcan_template_builds_total",
+			Help: "Template builds, by outcome (ready, failed)."}, []string{"outcome"}),
+		steps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vulcan_template_build_steps_total",
+			Help: "Template build steps, by how they were had (ran, cached)."}, []string{"how"}),
+		secs: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "vulcan_template_build_seconds",
+			Help: "Template build time, queued to ready or failed.", Buckets: prometheus.ExponentialBuckets(0.1, 2.5, 10)}),
+	}
+	for _, o := range []string{BuildReady, BuildFailed} {
+		b.builds.WithLabelValues(o)
+	}
+	for _, h := range []string{"ran", "cached"} {
+		b.steps.WithLabelValues(h)
+	}
+	return b
 }
 
 // Remove unregisters a template and reclaims its image unless a VM still uses it (it
@@ -359,6 +387,11 @@ func (b *Builder) plan(req Request) (*plan, error) {
 		return nil, err
 	}
 	p := &plan{req: req, df: df}
+	for _, s := range df.Steps {
+		if s.Kind == StepCopy && req.ContextDir == "" {
+			return nil, lineErr(s.Line, "COPY needs a build context: send one (a tar.gz body, or `vulcan template build --context DIR`)")
+		}
+	}
 	if isBuiltin(df.From) {
 		set := images.Load(b.cfg.ImagesDir)
 		p.parent = set.RootFS[model.Runtime(df.From)]
@@ -470,6 +503,10 @@ func (b *Builder) finish(bd *Build, t *Template, err error, start time.Time) {
 	} else {
 		b.log.Info("template built", "template", info.Template, "build", info.ID, "seconds", info.Seconds, "cached", info.Cached, "ran", info.Ran)
 	}
+	b.builds.WithLabelValues(info.State).Inc()
+	b.steps.WithLabelValues("ran").Add(float64(info.Ran))
+	b.steps.WithLabelValues("cached").Add(float64(info.Cached))
+	b.secs.Observe(info.Seconds)
 	bd.emit(Event{Type: "end", Build: &info})
 	b.reg.GC(b.InUse)
 }
@@ -569,6 +606,15 @@ func (b *Builder) build(ctx context.Context, bd *Build, p *plan) (*Template, err
 		BuildID: bd.info.ID, Steps: len(df.Steps), Dockerfile: string(p.req.Dockerfile), CreatedAt: time.Now().UTC()}
 	if t.Workdir == "/" {
 		t.Workdir = ""
+	}
+	// The build's steps run as root unless USER says; the sandboxes' processes keep
+	// Vulcan's default (user) unless the Dockerfile (or its parent) named one.
+	named := p.inherit != nil && p.inherit.User != ""
+	for _, s := range df.Steps {
+		named = named || s.Kind == StepUser
+	}
+	if !named {
+		t.User = ""
 	}
 	if p.inherit != nil {
 		t.StartCmd, t.ReadyCmd = p.inherit.StartCmd, p.inherit.ReadyCmd

@@ -30,6 +30,30 @@ func TestE2BSDKOnRealVMs(t *testing.T) {
 	if _, out, code := buildTemplate(t, s, "e2b-tpl", dir); code != 0 {
 		t.Fatalf("template build: %d %s", code, out)
 	}
+	// Fast start covers user templates: after the first cold start of its shape, its
+	// snapshot is built, and the next sandbox from it is restored.
+	first, code := s.vulcan("sandbox", "create", "--template", "e2b-tpl")
+	if code != 0 {
+		t.Fatalf("create from the template: %d %s", code, first)
+	}
+	s.vulcan("sandbox", "kill", strings.TrimSpace(first))
+	deadline := time.Now().Add(3 * time.Minute)
+	for s.metric("vulcan_snapshot_builds_total", `template="e2b-tpl"`, `outcome="built"`) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no snapshot of the user template was built")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	again, code := s.vulcan("sandbox", "create", "--template", "e2b-tpl", "--json")
+	if code != 0 || !strings.Contains(again, `"start": "snapshot"`) {
+		t.Errorf("the second sandbox from the template was not restored from its snapshot: %d %s", code, again)
+	}
+	var sb struct{ ID string }
+	json.Unmarshal([]byte(again), &sb)
+	if out, code := s.vulcan("exec", sb.ID, "--", "cat /etc/template-marker"); code != 0 || out != "made-by-a-dockerfile\n" {
+		t.Errorf("the restored sandbox: %d %q", code, out)
+	}
+	s.vulcan("sandbox", "kill", sb.ID)
 	for i, m := range e2btest.SDKModules {
 		template := []string{"base", "python"}[i%2]
 		t.Run(m+"/"+template, func(t *testing.T) {

@@ -150,6 +150,10 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			// only after a preflight this server never grants, and envd checks the
 			// sandbox's access token first.
 			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.o.BodyTimeout))
+		} else if r.ContentLength != 0 && isPortPath(r.URL.Path) {
+			// A sandbox's own service: its bodies are whatever it takes (the Origin check
+			// above still keeps other sites' pages out).
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.o.BodyTimeout))
 		} else if r.ContentLength != 0 { // a body, of known length or chunked
 			// application/octet-stream (file uploads) needs a CORS preflight too, like JSON.
 			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" && !(mt == "application/octet-stream" && rawBody(r)) {

@@ -27,6 +27,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/e2b"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/portproxy"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/store"
 	"github.com/vulcanhq/vulcan/internal/template"
@@ -82,7 +83,8 @@ type Server struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 
-	e2b *e2b.Server // nil without sandboxes
+	e2b   *e2b.Server      // nil without sandboxes
+	ports *portproxy.Proxy // nil without sandboxes
 }
 
 // New builds the router.
@@ -118,6 +120,7 @@ func New(o Options) (*Server, error) {
 	}
 
 	if o.Sandboxes != nil {
+		s.ports = portproxy.New(o.Sandboxes.DialPort)
 		cfg := o.Engine.Config()
 		s.e2b = e2b.New(e2b.Options{Sandboxes: o.Sandboxes, Token: o.Token, Logger: o.Logger,
 			OutputLimit: int64(cfg.OutputLimit), LineLimit: int64(cfg.OutputLineLimit)})
@@ -150,6 +153,10 @@ func New(o Options) (*Server, error) {
 			r.Get("/workloads/{id}/logs/history", s.logsHistory)
 			s.sandboxRoutes(r)
 			s.templateRoutes(r)
+			for _, m := range portMethods {
+				r.Method(m, "/sandboxes/{id}/ports/{port}", http.HandlerFunc(s.portProxy))
+				r.Method(m, "/sandboxes/{id}/ports/{port}/*", http.HandlerFunc(s.portProxy))
+			}
 		})
 	})
 	if o.Dashboard != nil {

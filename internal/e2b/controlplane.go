@@ -279,8 +279,9 @@ type SandboxDetail struct {
 const clientID = "vulcan"
 
 func (s *Server) answer(sb *model.Sandbox) Sandbox {
+	traffic := s.trafficToken(sb.ID)
 	return Sandbox{SandboxID: externalID(sb.ID), TemplateID: string(sb.Spec.Template), Alias: string(sb.Spec.Template),
-		ClientID: clientID, EnvdVersion: EnvdVersion, EnvdAccessToken: s.accessToken(sb.ID)}
+		ClientID: clientID, EnvdVersion: EnvdVersion, EnvdAccessToken: s.accessToken(sb.ID), TrafficAccessToken: &traffic}
 }
 
 func (s *Server) detail(sb *model.Sandbox, withToken bool) SandboxDetail {

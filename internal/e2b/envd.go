@@ -2,6 +2,7 @@ package e2b
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -62,15 +63,7 @@ func (s *Server) envdHandler() http.Handler {
 			writeError(w, http.StatusBadGateway, "sandbox %q not found", clipPath(raw))
 			return
 		}
-		switch port := r.Header.Get("E2b-Sandbox-Port"); port {
-		case "", EnvdPort:
-		case CodeInterpreterPort:
-			writeError(w, http.StatusBadGateway, "the code interpreter (port %s) is not served by this Vulcan server yet", port)
-			return
-		default:
-			writeError(w, http.StatusBadGateway, "reaching port %.16q inside a sandbox is not supported by this Vulcan server yet", port)
-			return
-		}
+		port := r.Header.Get("E2b-Sandbox-Port")
 		// A sandbox that is not running has no daemon: 502, as E2B's proxy answers
 		// (the SDKs take it for "the sandbox is gone").
 		if sb, err := s.o.Sandboxes.Get(r.Context(), id); err != nil || sb.State != model.SandboxRunning {
@@ -79,6 +72,24 @@ func (s *Server) envdHandler() http.Handler {
 				why = "not running (" + string(sb.State) + ")"
 			}
 			writeError(w, http.StatusBadGateway, "sandbox %s is %s", raw, why)
+			return
+		}
+		if port != "" && port != EnvdPort {
+			// Any other port: the sandbox's own service (the code interpreter's 49999, a
+			// web app), reached over the agent channel with the envd or traffic token.
+			n, err := strconv.Atoi(port)
+			if err != nil || n < 1 || n > 65535 {
+				writeError(w, http.StatusBadRequest, "E2b-Sandbox-Port %.16q is not a port", port)
+				return
+			}
+			if !s.tokenOK(id, r.Header.Get("X-Access-Token")) &&
+				subtle.ConstantTimeCompare([]byte(r.Header.Get("E2b-Traffic-Access-Token")), []byte(s.trafficToken(id))) != 1 {
+				writeError(w, http.StatusUnauthorized, "missing or wrong X-Access-Token or E2B-Traffic-Access-Token for sandbox %s", raw)
+				return
+			}
+			r.Header.Del("X-Access-Token")
+			r.Header.Del("E2b-Traffic-Access-Token")
+			s.ports.Serve(w, r, id, n, r.URL.Path)
 			return
 		}
 		if !s.tokenOK(id, r.Header.Get("X-Access-Token")) {

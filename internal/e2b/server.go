@@ -20,6 +20,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"github.com/vulcanhq/vulcan/internal/portproxy"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -63,6 +64,7 @@ type Server struct {
 	cp     http.Handler
 	envd   http.Handler
 	w      *watchers
+	ports  *portproxy.Proxy
 }
 
 // New builds the server.
@@ -72,6 +74,8 @@ func New(o Options) *Server {
 	}
 	s := &Server{o: o, log: o.Logger, secret: make([]byte, 32), w: newWatchers()}
 	rand.Read(s.secret)
+	s.ports = portproxy.New(o.Sandboxes.DialPort)
+	s.ports.OnError = func(w http.ResponseWriter, status int, msg string) { writeError(w, status, "%s", msg) }
 	s.cp = s.controlPlane()
 	s.envd = s.envdHandler()
 	return s
@@ -117,6 +121,14 @@ func internalID(id string) (string, bool) {
 func (s *Server) accessToken(id string) string {
 	m := hmac.New(sha256.New, s.secret)
 	m.Write([]byte("envd-access:" + id))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// trafficToken is a sandbox's token for its ports (E2B's traffic access token): the SDKs
+// send it with every request to a port other than envd's.
+func (s *Server) trafficToken(id string) string {
+	m := hmac.New(sha256.New, s.secret)
+	m.Write([]byte("traffic-access:" + id))
 	return hex.EncodeToString(m.Sum(nil))
 }
 

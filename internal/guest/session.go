@@ -143,6 +143,8 @@ func (a *Agent) handle(agentCtx, ctx context.Context, req *protocol.Request, st 
 		}
 		err = a.fileOp(req, st)
 		<-a.sess.fsSem
+	case protocol.OpNetDial:
+		err = a.netDial(ctx, req, st)
 	case protocol.OpFSArchive, protocol.OpFSApply:
 		err = a.layerOp(ctx, req, st)
 	case protocol.OpFSWatch:

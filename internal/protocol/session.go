@@ -62,6 +62,11 @@ const (
 	// Owner owns every entry, else the tar's owners do): Response{}, then the tar's bytes
 	// from the host until it closes its side, then Response{} or the error.
 	OpFSApply = "fs.apply"
+	// OpNetDial connects to 127.0.0.1:Port inside the guest (TCP) → Response{}, then the
+	// stream carries the connection's bytes both ways until either side closes; a port
+	// nothing listens on is ErrCodeNotFound. Reaching a sandbox's ports (its web app, the
+	// code interpreter) goes through it, never through a network.
+	OpNetDial = "net.dial"
 	// OpIdentity makes a VM the host's own (Identity: hostname, clock, entropy): sent
 	// once when a VM is handed to a sandbox or workload, which for a pooled or restored
 	// VM is long after its boot → Response{}.
@@ -107,7 +112,9 @@ type Request struct {
 	Recursive bool `json:"recursive,omitempty"`
 	// Layer is what fs.archive writes or how fs.apply reads ("tree", "diff", or "" for a
 	// plain tar in fs.apply).
-	Layer string     `json:"layer,omitempty"`
+	Layer string `json:"layer,omitempty"`
+	// Port is net.dial's guest port.
+	Port  int        `json:"port,omitempty"`
 	Owner *FileOwner `json:"owner,omitempty"`
 	// Identity is what OpIdentity applies.
 	Identity *Identity `json:"identity,omitempty"`

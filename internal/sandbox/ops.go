@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/vulcanhq/vulcan/internal/protocol"
+	"net"
+	"sync"
 )
 
 // Ops are the operations a running sandbox serves (protocol.Op*), as labelled in metrics.
@@ -270,3 +272,42 @@ func opErr(err error) error {
 	}
 	return fmt.Errorf("sandbox agent: %w", err)
 }
+
+// DialPort connects to 127.0.0.1:port inside a running sandbox, over its agent session
+// (no network involved): the returned conn carries the TCP connection's bytes. Nothing
+// listening there is a protocol.OpError with ErrCodeNotFound.
+func (s *Service) DialPort(ctx context.Context, id string, port int) (net.Conn, error) {
+	if port < 1 || port > 65535 {
+		return nil, fmt.Errorf("%w: port %d: want 1 to 65535", ErrInvalid, port)
+	}
+	sess, _, err := s.Session(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	st, _, err := sess.Open(ctx, &protocol.Request{Op: protocol.OpNetDial, Port: port})
+	if err != nil {
+		return nil, opErr(err)
+	}
+	return &portConn{Conn: st.Conn}, nil
+}
+
+// portConn is a dialled sandbox port. Close half-closes (yamux's FIN) and reads what the
+// guest still sends for a while, so the guest's side is never left blocked on a window
+// no one opens.
+type portConn struct {
+	net.Conn
+	once sync.Once
+}
+
+func (c *portConn) Close() error {
+	var err error
+	c.once.Do(func() {
+		err = c.Conn.Close()
+		c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		go io.Copy(io.Discard, io.LimitReader(c.Conn, 64<<20))
+	})
+	return err
+}
+
+// CloseWrite half-closes: the guest's service reads EOF and may still answer.
+func (c *portConn) CloseWrite() error { return c.Conn.Close() }

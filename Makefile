@@ -7,7 +7,7 @@ VULCAN_CACHE_DIR ?= $(if $(ROOT_USER),/var/cache/vulcan,$(HOME)/.cache/vulcan)
 VULCAN_IMAGES_DIR ?= $(if $(ROOT_USER),/var/lib/vulcan/images,$(HOME)/.local/share/vulcan/images)
 export VULCAN_CACHE_DIR VULCAN_IMAGES_DIR
 RUNTIME ?= python
-RUNTIMES ?= python node go base
+RUNTIMES ?= python node go base code-interpreter
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/vulcanhq/vulcan/internal/version.Version=$(VERSION)
 TEST_TIMEOUT ?= 60m

@@ -11,6 +11,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/vulcanhq/vulcan/internal/e2b/e2btest"
+	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
 // TestE2BSDKOnRealVMs: the official E2B SDK, both pinned versions, against a real
@@ -123,6 +124,24 @@ func TestMCPOnRealVMs(t *testing.T) {
 	if out, _ := call("sandbox_kill", map[string]any{"id": id}); out["state"] != "killed" {
 		t.Errorf("sandbox_kill: %v", out)
 	}
+	if left := s.leftovers(); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
+
+// TestCodeInterpreterSDK: the official @e2b/code-interpreter SDK against a real server:
+// its default template (code-interpreter-v1, Vulcan's code-interpreter) with the
+// interpreter service on port 49999 reached over the agent channel — state between
+// cells, a matplotlib PNG, a pandas table, errors, a timeout that interrupts the cell
+// and keeps the kernel, separate contexts, JavaScript.
+func TestCodeInterpreterSDK(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("node is not installed")
+	}
+	testenv.RequiresImages(t, "code-interpreter")
+	s := startServer(t, "")
+	times := e2btest.RunCodeInterpreterSDK(t, s.url, "any-key")
+	t.Logf("C1 runCode('1+1') p50 through the SDK: %.1f ms; create → first result: %.0f ms", times["runcode-p50"], times["create-to-first-result"])
 	if left := s.leftovers(); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
 	}

@@ -27,7 +27,7 @@ func benchCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure P1–P5, S1–S3, E1 and F1–F5 against their baselines and targets, print a table and optionally JSON",
+		Short: "Measure P1–P5, S1–S3, E1, F1–F5 and C1–C2 against their baselines and targets, print a table and optionally JSON",
 		Long: "Runs, one after another, each comparison side by side and interleaved:\n" +
 			"  P1 control-plane overhead (no-op workload via the API vs a direct backend call) and rate\n" +
 			"  P2 agent overhead (python3 -c pass through the agent vs directly; needs python3)\n" +
@@ -44,7 +44,9 @@ func benchCommand() *cobra.Command {
 			"  F3 python print(1) one-shot, VM restored from the warmed snapshot vs cold\n" +
 			"  F4 20 concurrent sandbox creates with snapshots vs cold (total; target 1.6 s)\n" +
 			"  F5 pause and resume of a 256 MiB and a 1 GiB sandbox, 40% of RAM filled\n" +
-			"S1–S3, E1 and F1–F5 boot real sandboxes (need qemu and `make images`) and stop every one after.\n" +
+			"  C1 runCode('1+1') in a warm code-interpreter context through E2B's port route vs the kernel's own time (target ≤ 10 ms)\n" +
+			"  C2 create a code-interpreter sandbox → first result, restored from its snapshot vs cold\n" +
+			"S1–S3, E1, F1–F5 and C1–C2 boot real sandboxes (need qemu and `make images`) and stop every one after.\n" +
 			"Misses are reported, not errors; the command fails only when a measurement fails.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

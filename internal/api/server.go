@@ -153,6 +153,7 @@ func New(o Options) (*Server, error) {
 			r.Get("/workloads/{id}/logs/history", s.logsHistory)
 			s.sandboxRoutes(r)
 			s.templateRoutes(r)
+			r.Post("/sandboxes/{id}/code", s.code)
 			for _, m := range portMethods {
 				r.Method(m, "/sandboxes/{id}/ports/{port}", http.HandlerFunc(s.portProxy))
 				r.Method(m, "/sandboxes/{id}/ports/{port}/*", http.HandlerFunc(s.portProxy))

@@ -57,7 +57,7 @@ func (o Options) tempDir() string {
 	return os.TempDir()
 }
 
-// Benchmark is one of P1–P5, S1–S3, E1, F1–F5.
+// Benchmark is one of P1–P5, S1–S3, E1, F1–F5, C1–C2.
 type Benchmark struct {
 	ID    string // "P1"
 	Title string
@@ -87,6 +87,8 @@ var All = []Benchmark{
 	{"F3", "python print(1) one-shot, restored vs cold", one(OneShotRestore)},
 	{"F4", "20 concurrent sandbox creates", one(ConcurrentCreates)},
 	{"F5", "pause and resume, 256 MiB and 1 GiB", PauseResume},
+	{"C1", "runCode('1+1') through the E2B route vs the kernel's time", one(CellOverhead)},
+	{"C2", "create code-interpreter → first result, restored vs cold", one(FirstResult)},
 }
 
 // Select returns the benchmarks whose IDs are in only (all when only is empty).
@@ -105,7 +107,7 @@ func Select(only []string) ([]Benchmark, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3, E1, F1–F5)", id)
+			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3, E1, F1–F5, C1–C2)", id)
 		}
 	}
 	return out, nil

@@ -100,7 +100,7 @@ func TestWriteJSON(t *testing.T) {
 
 func TestSelect(t *testing.T) {
 	all, err := Select(nil)
-	if err != nil || len(all) != 14 {
+	if err != nil || len(all) != 16 {
 		t.Fatalf("all: %d %v", len(all), err)
 	}
 	bs, err := Select([]string{"p3", " P1"})
@@ -127,7 +127,7 @@ func TestOptionsSamples(t *testing.T) {
 	}
 }
 
-// Without QEMU or images, S1–S3, E1 and F1–F5 are skip rows that say why, and boot
+// Without QEMU or images, S1–S3, E1, F1–F5 and C1–C2 are skip rows that say why, and boot
 // nothing.
 func TestSandboxBenchmarksSkip(t *testing.T) {
 	for _, o := range []Options{
@@ -135,7 +135,7 @@ func TestSandboxBenchmarksSkip(t *testing.T) {
 		{QEMUBin: "/bin/true", ImagesDir: t.TempDir()},
 	} {
 		rs := Run(context.Background(), o, All[5:])
-		ids := []string{"S1", "S2a", "S2b", "S3", "E1", "F1", "F2", "F3", "F4", "F5a", "F5b", "F5c", "F5d"}
+		ids := []string{"S1", "S2a", "S2b", "S3", "E1", "F1", "F2", "F3", "F4", "F5a", "F5b", "F5c", "F5d", "C1", "C2"}
 		if len(rs) != len(ids) {
 			t.Fatalf("results %+v", rs)
 		}

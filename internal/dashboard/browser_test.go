@@ -252,6 +252,31 @@ func TestDashboardInBrowser(t *testing.T) {
 		b.shot(t, "templates")
 	})
 
+	// A code-interpreter sandbox's page runs cells: a matplotlib chart shows as an image,
+	// a pandas table in a sandboxed frame, and a variable persists between cells.
+	t.Run("code interpreter", func(t *testing.T) {
+		testenv.RequiresImages(t, "code-interpreter")
+		var sb struct{ ID string }
+		apiPost(t, base+"/v1/sandboxes", map[string]any{"template": "code-interpreter"}, &sb)
+		defer apiDelete(t, base+"/v1/sandboxes/"+sb.ID)
+		b.do(t, chromedp.Navigate(base+"/sandboxes/"+sb.ID), chromedp.WaitVisible(chromedp.CSS(`#notebook`)))
+		b.do(t, chromedp.Click(chromedp.CSS(`#cell-run`)))
+		b.pollOr(t, `(() => { const i = document.querySelector('.cell[data-n="1"] img.cell-img'); return i && i.complete && i.naturalWidth > 100 })()`,
+			`document.querySelector('#notebook').innerText`)
+		b.do(t, chromedp.SetValue(chromedp.CSS(`#cell-code`), "import pandas as pd\nanswer = 42\npd.DataFrame({'a': [1, 2], 'b': [3, 4]})"),
+			chromedp.Click(chromedp.CSS(`#cell-run`)))
+		b.poll(t, `!!document.querySelector('.cell[data-n="2"][data-state="done"] iframe.cell-html')`)
+		if got := b.eval(t, `document.querySelector('.cell[data-n="2"] iframe.cell-html').getAttribute('sandbox')`); got != "" {
+			t.Errorf("the HTML result's frame allows %q", got)
+		}
+		if got := b.eval(t, `document.querySelector('.cell[data-n="2"] iframe.cell-html').srcdoc`); !strings.Contains(got, "<table") {
+			t.Errorf("the table's HTML: %.200q", got)
+		}
+		b.do(t, chromedp.SetValue(chromedp.CSS(`#cell-code`), "print(answer + 1)"), chromedp.Click(chromedp.CSS(`#cell-run`)))
+		b.poll(t, `document.querySelector('.cell[data-n="3"][data-state="done"] pre[data-stream="stdout"]')?.textContent === '43\n'`)
+		b.shot(t, "code-interpreter")
+	})
+
 	// The sandbox pages on a python microVM: the terminal, files, processes, Kill.
 	t.Run("sandbox", func(t *testing.T) {
 		requiresTerminal(t)
@@ -604,5 +629,29 @@ func writeTarGz(t *testing.T, path string, files map[string]string) {
 	}
 	if err := errors.Join(tw.Close(), gz.Close(), os.WriteFile(path, buf.Bytes(), 0o644)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func apiPost(t *testing.T, url string, in, v any) {
+	t.Helper()
+	b, _ := json.Marshal(in)
+	resp, err := http.Post(url, "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		t.Fatalf("POST %s: %d %s", url, resp.StatusCode, body)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+}
+
+func apiDelete(t *testing.T, url string) {
+	req, _ := http.NewRequest(http.MethodDelete, url, nil)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
 	}
 }

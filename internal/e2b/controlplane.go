@@ -311,6 +311,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if req.TemplateID == "" {
 		req.TemplateID = "base"
 	}
+	if req.TemplateID == CodeInterpreterTemplate {
+		// @e2b/code-interpreter's default template is ours by another name.
+		req.TemplateID = string(model.RuntimeCodeInterpreter)
+	}
 	if !s.o.Sandboxes.KnowsTemplate(model.Runtime(req.TemplateID)) {
 		writeError(w, http.StatusNotFound, "template %q not found (this Vulcan server has: %s and the templates built here)", clipPath(req.TemplateID), strings.Join(templates(), ", "))
 		return

@@ -41,6 +41,8 @@ const EnvdVersion = "0.5.7"
 const (
 	EnvdPort            = "49983"
 	CodeInterpreterPort = "49999"
+	// CodeInterpreterTemplate is @e2b/code-interpreter's default template id.
+	CodeInterpreterTemplate = "code-interpreter-v1"
 )
 
 // Options are New's dependencies.

@@ -31,7 +31,10 @@ case "$runtime" in
   # The sandbox template E2B users expect: a shell with the usual tools, python3 (also as
   # python), nodejs + npm, git, curl, sudo without a password for user, tput.
   base)   packages=bash,coreutils,python3,python-is-python3,nodejs,npm,git,curl,ca-certificates,sudo,ncurses-bin,procps,less ;;
-  *) echo "build-rootfs: unknown runtime '$runtime' (want python, node, go or base)" >&2; exit 2 ;;
+  # The code interpreter: Python's data stack from Debian, node for JavaScript contexts,
+  # and Vulcan's interpreter service (images/code-interpreter, copied in below).
+  code-interpreter) packages=bash,python3,python-is-python3,python3-numpy,python3-pandas,python3-matplotlib,nodejs,procps ;;
+  *) echo "build-rootfs: unknown runtime '$runtime' (want python, node, go, base or code-interpreter)" >&2; exit 2 ;;
 esac
 extra_packages=${VULCAN_ROOTFS_EXTRA:-}
 name=${VULCAN_ROOTFS_NAME:-$runtime}
@@ -71,6 +74,9 @@ if [ ! -f "$base/.complete" ]; then
       --customize-hook="ln -sf /usr/local/go/bin/go \"\$1/usr/local/bin/go\" && ln -sf /usr/local/go/bin/gofmt \"\$1/usr/local/bin/gofmt\""
     )
   fi
+  aptopts=()
+  # The data stack's Recommends (scipy, sympy, LLVM...) would triple the image.
+  [ "$runtime" = code-interpreter ] && aptopts=(--aptopt='Apt::Install-Recommends "false"')
   basehooks=()
   if [ "$runtime" = base ]; then
     basehooks=(
@@ -94,6 +100,7 @@ if [ ! -f "$base/.complete" ]; then
     --customize-hook='echo vulcan > "$1/etc/hostname"; printf "127.0.0.1 localhost vulcan\n::1 localhost\n" > "$1/etc/hosts"; : > "$1/etc/resolv.conf"' \
     "${gohooks[@]}" \
     "${basehooks[@]}" \
+    "${aptopts[@]}" \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/var/log/* "$1"/usr/share/doc/*/changelog*' \
     "$suite" "$tree" \
     "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main"
@@ -103,6 +110,7 @@ if [ ! -f "$base/.complete" ]; then
     node)   version=$(chroot "$tree" node --version | sed 's/^v//') ;;
     go)     version=$(head -n1 "$tree/usr/local/go/VERSION" | sed "s/^go//") ;;
     base)   version=debian-$(cut -d. -f1 "$tree/etc/debian_version") ;;
+    code-interpreter) version=$(chroot "$tree" python3 -c 'import platform; print(platform.python_version())') ;;
   esac
   printf '{"%s":"%s"}\n' "$runtime" "$version" > "$tree/etc/vulcan/runtimes.json"
   echo "$(( $(date +%s) - start ))" > "$base/build_seconds"
@@ -113,9 +121,17 @@ fi
 start=$(date +%s)
 tree=$base/tree
 install -m 0755 "$agent" "$tree/usr/local/bin/vulcan-guest"
+if [ "$runtime" = code-interpreter ]; then
+  src=$(cd "$(dirname "$0")/../../images/code-interpreter" && pwd)
+  install -d -m 0755 "$tree/usr/local/lib/vulcan-interpreter"
+  install -m 0644 "$src/server.py" "$src/worker.py" "$src/worker.js" "$tree/usr/local/lib/vulcan-interpreter/"
+  # matplotlib's font cache, built once here rather than in every sandbox's first plot.
+  chroot "$tree" env -i HOME=/home/user MPLCONFIGDIR=/etc/matplotlib-cache MPLBACKEND=Agg python3 -c 'import matplotlib.pyplot as p; p.figure(); p.close("all")' >/dev/null 2>&1 || true
+  chown -R 1000:1000 "$tree/etc/matplotlib-cache" 2>/dev/null || true
+fi
 agent_sha=$(sha256sum "$agent" | cut -d' ' -f1)
 agent_version=$("$agent" --version 2>/dev/null | head -n1 || true)
-runtime_version=$(sed -n 's/.*"[a-z]*":"\([^"]*\)".*/\1/p' "$tree/etc/vulcan/runtimes.json")
+runtime_version=$(sed -n 's/.*"[a-z-]*":"\([^"]*\)".*/\1/p' "$tree/etc/vulcan/runtimes.json")
 printf '{"runtime":"%s","runtime_version":"%s","agent_version":"%s","agent_sha256":"%s","suite":"%s","key":"%s"}\n' \
   "$runtime" "$runtime_version" "$agent_version" "$agent_sha" "$suite" "$key" > "$tree/etc/vulcan/image.json"
 

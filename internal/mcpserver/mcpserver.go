@@ -10,6 +10,7 @@ package mcpserver
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +51,9 @@ func New(c *client.Client) *mcp.Server {
 	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_pause", Description: "Pause a sandbox: its memory and disk are saved and its VM stopped; sandbox_resume brings it back with its processes and files."}, t.sandboxPause)
 	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_resume", Description: "Resume a paused sandbox as it was."}, t.sandboxResume)
 	mcp.AddTool(s, &mcp.Tool{Name: "sandbox_exec", Description: "Run a shell command (bash -l -c) in a sandbox and return its exit code and output."}, t.sandboxExec)
+	mcp.AddTool(s, &mcp.Tool{Name: "run_python", Description: "Run Python in a code-interpreter sandbox, keeping variables between calls (like a notebook cell): " +
+		"returns stdout, stderr, the cell's results (text; images as PNG content) and its error. Without id it creates a code-interpreter sandbox " +
+		"and returns its id: pass it to the next calls to keep the state."}, t.runPython)
 	mcp.AddTool(s, &mcp.Tool{Name: "file_read", Description: "Read a text file of a sandbox (at most 1 MiB)."}, t.fileRead)
 	mcp.AddTool(s, &mcp.Tool{Name: "file_write", Description: "Write a text file in a sandbox (parent directories are made)."}, t.fileWrite)
 	mcp.AddTool(s, &mcp.Tool{Name: "file_list", Description: "List a directory of a sandbox."}, t.fileList)
@@ -365,4 +369,64 @@ func (t *tools) readResource(ctx context.Context, req *mcp.ReadResourceRequest) 
 		c.MIMEType, c.Blob = "application/octet-stream", b
 	}
 	return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{c}}, nil
+}
+
+type PythonIn struct {
+	ID       string `json:"id,omitempty" jsonschema:"a code-interpreter sandbox's id; empty: a new one is created"`
+	Code     string `json:"code" jsonschema:"the cell's Python code; its last expression is its result"`
+	TimeoutS int    `json:"timeout_s,omitempty" jsonschema:"interrupt the cell after this many seconds (its variables stay)"`
+}
+
+type PythonOut struct {
+	ID      string   `json:"id" jsonschema:"the sandbox the cell ran in: pass it to the next run_python"`
+	Stdout  string   `json:"stdout"`
+	Stderr  string   `json:"stderr"`
+	Results []string `json:"results,omitempty" jsonschema:"the text of each result (images come as image content)"`
+	Error   string   `json:"error,omitempty" jsonschema:"the exception: name, value and traceback"`
+}
+
+func (t *tools) runPython(ctx context.Context, _ *mcp.CallToolRequest, in PythonIn) (*mcp.CallToolResult, PythonOut, error) {
+	out := PythonOut{ID: in.ID}
+	if out.ID == "" {
+		sb, err := t.c.CreateSandbox(ctx, model.SandboxSpec{Template: model.RuntimeCodeInterpreter, TimeoutS: 3600})
+		if err != nil {
+			return nil, out, toolErr(err)
+		}
+		out.ID = sb.ID
+	}
+	var stdout, stderr strings.Builder
+	var images []mcp.Content
+	err := t.c.RunCode(ctx, out.ID, api.CodeRequest{Code: in.Code, TimeoutS: in.TimeoutS}, func(e client.CodeEvent) {
+		switch e.Type {
+		case "stdout":
+			if stdout.Len() <= MaxOutputBytes {
+				stdout.WriteString(e.Text)
+			}
+		case "stderr":
+			if stderr.Len() <= MaxOutputBytes {
+				stderr.WriteString(e.Text)
+			}
+		case "result":
+			if e.Text != "" {
+				out.Results = append(out.Results, e.Text)
+			}
+			if e.PNG != "" {
+				if b, err := base64.StdEncoding.DecodeString(e.PNG); err == nil {
+					images = append(images, &mcp.ImageContent{Data: b, MIMEType: "image/png"})
+				}
+			}
+		case "error":
+			out.Error = strings.TrimSpace(e.Name + ": " + e.Value + "\n" + e.Traceback)
+		}
+	})
+	if err != nil {
+		return nil, out, toolErr(err)
+	}
+	out.Stdout, _ = capped(stdout.String())
+	out.Stderr, _ = capped(stderr.String())
+	if len(images) == 0 {
+		return nil, out, nil
+	}
+	text, _ := json.Marshal(out)
+	return &mcp.CallToolResult{Content: append([]mcp.Content{&mcp.TextContent{Text: string(text)}}, images...), IsError: out.Error != ""}, out, nil
 }

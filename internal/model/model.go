@@ -60,16 +60,22 @@ const (
 	// RuntimeBase is a template only (no workload runs "base"): Debian with bash,
 	// python3, nodejs + npm, git, curl and sudo, what E2B users expect of theirs.
 	RuntimeBase Runtime = "base"
+	// RuntimeCodeInterpreter is a template only: python3 with numpy, pandas and
+	// matplotlib, node, and Vulcan's code interpreter service on port 49999 (what
+	// @e2b/code-interpreter speaks to), started with the sandbox.
+	RuntimeCodeInterpreter Runtime = "code-interpreter"
 )
 
 // Runtimes lists every runtime a workload may name, in a stable order.
 var Runtimes = []Runtime{RuntimeGo, RuntimeNode, RuntimePython}
 
 // Templates lists the images a sandbox may start from: the runtimes' and base.
-var Templates = []Runtime{RuntimeBase, RuntimeGo, RuntimeNode, RuntimePython}
+var Templates = []Runtime{RuntimeBase, RuntimeCodeInterpreter, RuntimeGo, RuntimeNode, RuntimePython}
 
-// ValidTemplate reports whether r names a sandbox template.
-func (r Runtime) ValidTemplate() bool { return r == RuntimeBase || r.Valid() }
+// ValidTemplate reports whether r names a built-in sandbox template.
+func (r Runtime) ValidTemplate() bool {
+	return r == RuntimeBase || r == RuntimeCodeInterpreter || r.Valid()
+}
 
 // Valid reports whether r is a known runtime.
 func (r Runtime) Valid() bool {

@@ -25,6 +25,7 @@ type Dialer func(ctx context.Context, id string, port int) (net.Conn, error)
 // Proxy is a reverse proxy to sandbox ports. Connections are pooled per sandbox and port.
 type Proxy struct {
 	rp *httputil.ReverseProxy
+	tr *http.Transport
 	// OnError, when set, writes the answer to a failed proxying (the E2B routes answer in
 	// E2B's shape); by default a JSON error.
 	OnError func(w http.ResponseWriter, status int, msg string)
@@ -63,6 +64,7 @@ func New(dial Dialer) *Proxy {
 		ResponseHeaderTimeout: 0, // a service may take its time (a cell that runs for minutes)
 		ForceAttemptHTTP2:     false,
 	}
+	p.tr = tr
 	p.rp = &httputil.ReverseProxy{
 		Transport:     tr,
 		FlushInterval: -1, // stream: NDJSON, SSE and chunked answers reach the client as they come
@@ -112,4 +114,13 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, id string, port in
 	}
 	ctx := context.WithValue(r.Context(), targetKey{}, target{id: id, port: port, path: path})
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// Client is an HTTP client whose requests to URL(id, port, path) reach that sandbox's
+// port, as the proxy's do.
+func (p *Proxy) Client() *http.Client { return &http.Client{Transport: p.tr} }
+
+// URL names path on a sandbox's port for Client.
+func URL(id string, port int, path string) string {
+	return "http://" + strings.ToLower(id) + hostSuffix + ":" + strconv.Itoa(port) + path
 }

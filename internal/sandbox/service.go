@@ -229,11 +229,11 @@ func (s *Service) CreateInternal(ctx context.Context, spec model.SandboxSpec) (*
 }
 
 func (s *Service) create(ctx context.Context, spec model.SandboxSpec, internal bool) (*model.Sandbox, error) {
-	var tpl *TemplateDefaults
+	tpl := builtinDefaults[spec.Template]
 	if spec.Template != "" && !spec.Template.ValidTemplate() && s.templates != nil {
 		tpl, _ = s.templates.Template(spec.Template, internal)
 	}
-	spec, err := validate(spec, s.cfg.Limits, tpl != nil)
+	spec, err := validate(spec, s.cfg.Limits, tpl != nil && !spec.Template.ValidTemplate())
 	if err != nil {
 		return nil, err
 	}

@@ -39,6 +39,19 @@ func (s *Service) templateDefaults(id string) *TemplateDefaults {
 	return d
 }
 
+// CodeInterpreterPort is where the code-interpreter template's service listens.
+const CodeInterpreterPort = 49999
+
+// builtinDefaults are the built-in templates that start a service with the sandbox.
+var builtinDefaults = map[model.Runtime]*TemplateDefaults{
+	model.RuntimeCodeInterpreter: {
+		StartCmd: []string{"python3", "/usr/local/lib/vulcan-interpreter/server.py"},
+		ReadyCmd: "exec 3<>/dev/tcp/127.0.0.1/49999",
+		User:     "user",
+		Workdir:  "/home/user",
+	},
+}
+
 // StartTag names a template's start command among the sandbox's processes.
 const StartTag = "start"
 
@@ -100,7 +113,7 @@ func startCommand(ctx context.Context, sess *protocol.Session, t *TemplateDefaul
 // runOnce runs a shell command to its end and returns its exit code.
 func runOnce(ctx context.Context, sess *protocol.Session, cmd, user, cwd string) (int, error) {
 	st, _, err := sess.Open(ctx, &protocol.Request{Op: protocol.OpProcessStart, Process: &protocol.ProcessSpec{
-		Argv: []string{"/bin/sh", "-c", cmd}, User: user, Cwd: cwd, TimeoutMS: 30_000}})
+		Argv: []string{"/bin/bash", "-c", cmd}, User: user, Cwd: cwd, TimeoutMS: 30_000}})
 	if err != nil {
 		return -1, err
 	}

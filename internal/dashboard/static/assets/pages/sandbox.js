@@ -5,6 +5,7 @@
 import { get, request, raw, token, ApiError } from "../api.js";
 import { h, replace, stateBadge, time, left, bytes, announce, errorBox, SANDBOX_ENDED } from "../dom.js";
 import * as terminal from "../terminal.js";
+import { notebook } from "../notebook.js";
 
 const STATE_MS = 2000;
 const LIVE_MS = 5000;
@@ -74,9 +75,14 @@ export function render(main, { params }) {
 
   const ended = () => !sb || SANDBOX_ENDED.includes(sb.state);
 
+  let nb = null;
   function update(next) {
     const was = sb && sb.state;
     sb = next;
+    if (!nb && sb.template === "code-interpreter") {
+      nb = notebook(base);
+      problem.after(nb);
+    }
     stateEl.dataset.state = sb.state;
     replace(stateEl, stateBadge(sb.state));
     if (was && was !== sb.state) announce("Sandbox " + sb.state.replace("_", " "));

@@ -135,8 +135,16 @@ def client_gone(conn):
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
+    # Keep-alive: the host pools its connections (over the agent channel), so a cell does
+    # not pay for a new connection and a new thread. /execute streams chunked.
+    protocol_version = "HTTP/1.1"
     server_version = "vulcan-interpreter"
+
+    def setup(self):
+        super().setup()
+        # Headers and body leave in separate writes: without this, Nagle's algorithm holds
+        # the second until the client's delayed ACK (≈40 ms a request).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, fmt, *args):
         pass
@@ -181,6 +189,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.fail(404, "no context " + cid)
             w.stop()
             self.send_response(204)
+            self.send_header("Content-Length", "0")
             self.end_headers()
             return
         self.fail(404, "no route DELETE " + path)
@@ -207,6 +216,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.fail(404, "no context " + cid)
             w.restart()
             self.send_response(204)
+            self.send_header("Content-Length", "0")
             self.end_headers()
             return
         if path == "/execute":
@@ -233,7 +243,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.fail(400, "env_vars must be an object")
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        self.gone = False
         with w.lock:
             q = queue.Queue()
             w.sink = q
@@ -243,9 +255,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.run_cell(w, q, code, env, count)
             finally:
                 w.sink = None
+        if self.gone:
+            self.close_connection = True
+            return
+        try:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
 
-    def send_event(self, ev):
-        self.wfile.write((json.dumps(ev) + "\n").encode())
+    def send_event(self, *evs):
+        data = "".join(json.dumps(ev) + "\n" for ev in evs).encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
     def run_cell(self, w, q, code, env, count):
@@ -268,6 +289,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         # state is lost, the context lives on.
                         w.stop()
                         w.start()
+                        self.gone = True
                         return
                     continue
                 try:
@@ -280,11 +302,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     self.send_event({"type": "error", "name": "WorkerExited",
                                      "value": "the context's process exited; it was restarted", "traceback": ""})
                 w.start()
+                self.gone = gone
                 return
             if ev.get("type") == "done":
                 if not gone:
-                    self.send_event({"type": "number_of_executions", "execution_count": count})
-                    self.send_event({"type": "end_of_execution", "duration_us": ev.get("duration_us")})
+                    self.send_event({"type": "number_of_executions", "execution_count": count},
+                                    {"type": "end_of_execution", "duration_us": ev.get("duration_us")})
+                self.gone = gone
                 return
             if gone:
                 continue

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -99,6 +100,8 @@ func runCell(ctx context.Context, base string, sb *e2bSandbox, code string) (str
 		case "error":
 			return "", 0, fmt.Errorf("the cell raised %s: %s", ev.Name, ev.Value)
 		case "end_of_execution":
+			// Read the answer to its end, as the SDK does, so the connection is reused.
+			io.Copy(io.Discard, resp.Body)
 			return text, time.Duration(ev.DurationUS) * time.Microsecond, nil
 		}
 	}

@@ -3,7 +3,10 @@ package acceptance
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +127,19 @@ func TestMCPOnRealVMs(t *testing.T) {
 	if out, _ := call("sandbox_kill", map[string]any{"id": id}); out["state"] != "killed" {
 		t.Errorf("sandbox_kill: %v", out)
 	}
+	// run_python keeps its state between calls in the code-interpreter sandbox it made.
+	if _, err := os.Stat(filepath.Join(testenv.ImagesDir(), "rootfs-code-interpreter.ext4")); err == nil {
+		out, _ := call("run_python", map[string]any{"code": "x = 6 * 7\nx"})
+		py, _ := out["id"].(string)
+		if res, _ := out["results"].([]any); py == "" || len(res) != 1 || res[0] != "42" {
+			t.Errorf("run_python: %v", out)
+		}
+		if out, _ := call("run_python", map[string]any{"id": py, "code": "print(x + 1)\n1 / 0"}); out["stdout"] != "43\n" ||
+			!strings.Contains(fmt.Sprint(out["error"]), "ZeroDivisionError") {
+			t.Errorf("run_python's second cell: %v", out)
+		}
+		call("sandbox_kill", map[string]any{"id": py})
+	}
 	if left := s.leftovers(); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
 	}
@@ -141,6 +157,25 @@ func TestCodeInterpreterSDK(t *testing.T) {
 	testenv.RequiresImages(t, "code-interpreter")
 	s := startServer(t, "")
 	times := e2btest.RunCodeInterpreterSDK(t, s.url, "any-key")
+	// The CLI: one cell, then a REPL session that keeps its variable, and a raising cell.
+	id, code := s.vulcan("sandbox", "create", "--template", "code-interpreter")
+	if code != 0 {
+		t.Fatalf("create: %d %s", code, id)
+	}
+	id = strings.TrimSpace(id)
+	if out, code := s.vulcan("code", id, "-c", "y = 20\nprint(y + 1)\ny * 2"); code != 0 || out != "21\n40\n" {
+		t.Errorf("vulcan code -c: %d %q", code, out)
+	}
+	repl := s.command("--server", s.url, "code", id)
+	repl.Env = s.env
+	repl.Stdin = strings.NewReader("for i in range(2):\n    print(i)\n\ny + 1\n")
+	if out, err := repl.CombinedOutput(); err != nil || !strings.Contains(string(out), "0\n1\n") || !strings.Contains(string(out), "21\n") {
+		t.Errorf("vulcan code (REPL): %v %q", err, out)
+	}
+	if out, code := s.vulcan("code", id, "-c", "1/0"); code != 1 || !strings.Contains(out, "ZeroDivisionError") {
+		t.Errorf("vulcan code with an exception: %d %q", code, out)
+	}
+	s.vulcan("sandbox", "kill", id)
 	t.Logf("C1 runCode('1+1') p50 through the SDK: %.1f ms; create → first result: %.0f ms", times["runcode-p50"], times["create-to-first-result"])
 	if left := s.leftovers(); len(left) > 0 {
 		t.Errorf("left behind: %v", left)

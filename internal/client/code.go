@@ -30,7 +30,7 @@ type CodeEvent struct {
 // RunCode runs a cell in a sandbox's code interpreter, calling fn for each event in order.
 func (c *Client) RunCode(ctx context.Context, id string, req api.CodeRequest, fn func(CodeEvent)) error {
 	b, _ := json.Marshal(req)
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+sandboxPath(id, "code"), bytes.NewReader(b))
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+sandboxPath(id, "/code"), bytes.NewReader(b))
 	if err != nil {
 		return err
 	}

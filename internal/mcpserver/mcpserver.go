@@ -428,5 +428,5 @@ func (t *tools) runPython(ctx context.Context, _ *mcp.CallToolRequest, in Python
 		return nil, out, nil
 	}
 	text, _ := json.Marshal(out)
-	return &mcp.CallToolResult{Content: append([]mcp.Content{&mcp.TextContent{Text: string(text)}}, images...), IsError: out.Error != ""}, out, nil
+	return &mcp.CallToolResult{Content: append([]mcp.Content{&mcp.TextContent{Text: string(text)}}, images...)}, out, nil
 }

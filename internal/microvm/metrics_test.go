@@ -26,9 +26,9 @@ func TestMetricsExistFromStartUp(t *testing.T) {
 		"vulcan_microvm_agent_roundtrip_seconds": 2,
 		"vulcan_microvm_cleanup_seconds":         2,
 		"vulcan_microvm_workloads_total":         30,
-		"vulcan_microvm_start_seconds":           3, // pool, snapshot, boot
-		"vulcan_pool_takes_total":                8, // 4 templates × hit, miss
-		"vulcan_snapshot_builds_total":           8, // 4 templates × built, failed
+		"vulcan_microvm_start_seconds":           3,  // pool, snapshot, boot
+		"vulcan_pool_takes_total":                10, // 5 templates × hit, miss
+		"vulcan_snapshot_builds_total":           10, // 5 templates × built, failed
 	}
 	families, err := reg.Gather()
 	if err != nil {

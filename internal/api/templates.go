@@ -244,30 +244,31 @@ func (s *Server) buildList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"builds": b.Builds()})
 }
 
-func (s *Server) buildGet(w http.ResponseWriter, r *http.Request) {
+// buildFor finds the route's build, answering 503 or 404 when there is none.
+func (s *Server) buildFor(w http.ResponseWriter, r *http.Request) *template.Build {
 	b := s.builder(w, r)
 	if b == nil {
-		return
+		return nil
 	}
 	bd := b.Get(chi.URLParam(r, "id"))
 	if bd == nil {
 		s.writeError(w, r, fmt.Errorf("%w: no build %.64q", sandbox.ErrNotFound, chi.URLParam(r, "id")))
-		return
 	}
-	writeJSON(w, http.StatusOK, bd.Info())
+	return bd
+}
+
+func (s *Server) buildGet(w http.ResponseWriter, r *http.Request) {
+	if bd := s.buildFor(w, r); bd != nil {
+		writeJSON(w, http.StatusOK, bd.Info())
+	}
 }
 
 // buildEvents streams a build's log as SSE from the start (or after Last-Event-ID /
 // ?after=): "step" events (a step's progress), log lines (no event name: stdout, stderr
 // and the builder's own lines), and "end" with the build when it is over.
 func (s *Server) buildEvents(w http.ResponseWriter, r *http.Request) {
-	b := s.builder(w, r)
-	if b == nil {
-		return
-	}
-	bd := b.Get(chi.URLParam(r, "id"))
+	bd := s.buildFor(w, r)
 	if bd == nil {
-		s.writeError(w, r, fmt.Errorf("%w: no build %.64q", sandbox.ErrNotFound, chi.URLParam(r, "id")))
 		return
 	}
 	pos := r.Header.Get("Last-Event-ID")

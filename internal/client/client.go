@@ -170,26 +170,34 @@ func (c *Client) Backends(ctx context.Context) (*api.Backends, error) {
 // the final workload. A dropped connection is resumed from the last line seen.
 func (c *Client) Follow(ctx context.Context, id string, fn func(model.LogLine)) (*api.Workload, error) {
 	var last int64
+	return resumed(ctx, "following logs of "+id, func() (*api.Workload, error) { return c.followOnce(ctx, id, &last, fn) })
+}
+
+// resumed calls once until it succeeds, the server answers an error, ctx ends or five
+// tries have failed, waiting a little longer before each new try: a stream a dropped
+// connection cut resumes where once's own state left it.
+func resumed[T any](ctx context.Context, what string, once func() (T, error)) (T, error) {
+	var zero T
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		if attempt > 0 {
 			select {
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return zero, ctx.Err()
 			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
 			}
 		}
-		w, err := c.followOnce(ctx, id, &last, fn)
+		v, err := once()
 		if err == nil {
-			return w, nil
+			return v, nil
 		}
 		var apiErr *Error
 		if errors.As(err, &apiErr) || ctx.Err() != nil {
-			return nil, err
+			return zero, err
 		}
 		lastErr = err
 	}
-	return nil, fmt.Errorf("following logs of %s: %w", id, lastErr)
+	return zero, fmt.Errorf("%s: %w", what, lastErr)
 }
 
 func (c *Client) followOnce(ctx context.Context, id string, last *int64, fn func(model.LogLine)) (*api.Workload, error) {

@@ -4,13 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
-	"time"
 
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/template"
@@ -56,26 +54,7 @@ func (c *Client) BuildTemplate(ctx context.Context, query url.Values, context io
 // connection) and returns the build once it has ended.
 func (c *Client) FollowBuild(ctx context.Context, id string, fn func(template.Event)) (*template.BuildInfo, error) {
 	last := 0
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
-			}
-		}
-		b, err := c.followBuildOnce(ctx, id, &last, fn)
-		if err == nil {
-			return b, nil
-		}
-		var apiErr *Error
-		if errors.As(err, &apiErr) || ctx.Err() != nil {
-			return nil, err
-		}
-		lastErr = err
-	}
-	return nil, fmt.Errorf("following build %s: %w", id, lastErr)
+	return resumed(ctx, "following build "+id, func() (*template.BuildInfo, error) { return c.followBuildOnce(ctx, id, &last, fn) })
 }
 
 func (c *Client) followBuildOnce(ctx context.Context, id string, last *int, fn func(template.Event)) (*template.BuildInfo, error) {

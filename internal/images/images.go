@@ -149,17 +149,20 @@ func (s *Set) Usable() error {
 	return nil
 }
 
-func readJSON(path string, v any) error {
+func readJSON(path string, v any) error { return ReadJSON(path, maxManifest, v) }
+
+// ReadJSON decodes the JSON file at path into v, refusing one larger than max bytes.
+func ReadJSON(path string, max int64, v any) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxManifest+1))
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return err
 	}
-	if len(b) > maxManifest {
+	if int64(len(b)) > max {
 		return fmt.Errorf("%s is larger than %d bytes", path, maxManifest)
 	}
 	if err := json.Unmarshal(b, v); err != nil {

@@ -404,9 +404,6 @@ func (b *Builder) plan(req Request) (*plan, error) {
 		if err != nil {
 			return nil, lineErr(df.FromLine, "FROM %s: no such template", df.From)
 		}
-		if t.Name == req.Name {
-			// Allowed (a rebuild on top of itself), but the image is pinned now.
-		}
 		p.parent = b.reg.imageByKey(t.Image)
 		if p.parent == nil {
 			return nil, lineErr(df.FromLine, "FROM %s: its image is missing", df.From)
@@ -941,15 +938,15 @@ func (b *Builder) saveDiff(ctx context.Context, sess *protocol.Session, key stri
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	// Read it back through tar to know it is whole (a guest that stopped midway sends a
-	// tar without its end).
-	if err := archive(ctx, sess, protocol.LayerDiff, io.MultiWriter(tmp), b.cfg.MaxImageBytes); err != nil {
+	if err := archive(ctx, sess, protocol.LayerDiff, tmp, b.cfg.MaxImageBytes); err != nil {
 		tmp.Close()
 		return err
 	}
 	if err := tmp.Close(); err != nil {
 		return err
 	}
+	// Read it back through tar to know it is whole (a guest that stopped midway sends a
+	// tar without its end).
 	if err := checkTar(tmp.Name()); err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -276,21 +275,7 @@ type Builtin struct {
 	SizeBytes      int64  `json:"size_bytes,omitempty"`
 }
 
-func readJSON(path string, v any) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxManifest+1))
-	if err != nil {
-		return err
-	}
-	if len(b) > maxManifest {
-		return fmt.Errorf("%s: larger than %d bytes", path, maxManifest)
-	}
-	return json.Unmarshal(b, v)
-}
+func readJSON(path string, v any) error { return images.ReadJSON(path, maxManifest, v) }
 
 // writeJSON writes v to path whole or not at all (temp file, fsync, rename).
 func writeJSON(dir, path string, v any) error {

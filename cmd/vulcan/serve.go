@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,9 +19,11 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/config"
 	"github.com/vulcanhq/vulcan/internal/dashboard"
 	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/instance"
 	"github.com/vulcanhq/vulcan/internal/microvm"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/server"
@@ -44,7 +47,8 @@ func serveCommand() *cobra.Command {
 	}
 	config.RegisterFlags(cmd.Flags(), "listen", "data-dir", "images-dir", "max-concurrent", "queue-size", "output-limit",
 		"vmm", "firecracker-bin", "qemu-bin", "qemu-accel", "network-subnet", "network-dns", "scratch-mb", "pool", "snapshots", "cni-bin-dir", "log-level", "log-format",
-		"allowed-hosts", "allowed-origins", "body-timeout", "shutdown-timeout")
+		"allowed-hosts", "allowed-origins", "body-timeout", "shutdown-timeout",
+		"nats", "nats-creds", "nats-ca", "nats-cert", "nats-key", "node-id", "advertise")
 	return cmd
 }
 
@@ -132,16 +136,27 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 	} else {
 		so.SandboxUnavailable = errors.New("the microVM backend could not start; see `vulcan backends`")
 	}
+	// Listen before joining a cluster: the address the other nodes are told must answer.
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	if cfg.NATSURL != "" {
+		cc, err := clusterConfig(cfg, ln.Addr())
+		if err != nil {
+			return err
+		}
+		so.Cluster, so.ImagesDir = cc, cfg.ImagesDir
+		if vms != nil {
+			so.Warm = func() []string { return warmTemplates(vms) }
+		}
+	}
 	vs, err := server.New(ctx, so)
 	if err != nil {
 		return err
 	}
 	handler := vs.Handler()
-	ln, err := net.Listen("tcp", cfg.ListenAddr)
-	if err != nil {
-		vs.Shutdown(context.Background())
-		return err
-	}
 	// No ReadTimeout or WriteTimeout: the API bounds each request body itself
 	// (VULCAN_BODY_TIMEOUT), and a whole-response deadline would cut sync runs and SSE
 	// streams. MaxHeaderBytes stays above api.MaxHeaderBytes, which answers in JSON; past
@@ -194,4 +209,44 @@ func newLogger(cfg *config.Config, out io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(out, opts))
 	}
 	return slog.New(slog.NewTextHandler(out, opts))
+}
+
+// clusterConfig is how this server joins the cluster named by --nats: as --node-id
+// (default: its instance id, stable across restarts), reachable at --advertise (default:
+// the listen address, when that names a host).
+func clusterConfig(cfg *config.Config, addr net.Addr) (*cluster.Config, error) {
+	id := cfg.NodeID
+	if id == "" {
+		inst, _, err := instance.Load(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		id = inst
+	}
+	adv := cfg.Advertise
+	if adv == "" {
+		host, port, _ := net.SplitHostPort(addr.String())
+		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+			return nil, fmt.Errorf("--advertise is required in a cluster when the listen address (%s) names no host the other nodes can reach", addr)
+		}
+		adv = "http://" + net.JoinHostPort(host, port)
+	}
+	return &cluster.Config{URL: cfg.NATSURL, Creds: cfg.NATSCreds, CA: cfg.NATSCA, Cert: cfg.NATSCert, Key: cfg.NATSKey,
+		NodeID: id, Advertise: adv, Token: cfg.APIToken}, nil
+}
+
+// warmTemplates are the templates this node starts fast: an idle pooled VM or a snapshot.
+func warmTemplates(vms *microvm.Backend) []string {
+	var out []string
+	for _, p := range vms.PoolStats() {
+		if p.Idle > 0 && !slices.Contains(out, string(p.Template)) {
+			out = append(out, string(p.Template))
+		}
+	}
+	for _, s := range vms.Snapshots() {
+		if !slices.Contains(out, string(s.Template)) {
+			out = append(out, string(s.Template))
+		}
+	}
+	return out
 }

@@ -60,6 +60,12 @@ func classify(err error) (status int, code string, public bool) {
 		return http.StatusConflict, "builtin_template", true
 	case errors.Is(err, errNoSandboxes):
 		return http.StatusServiceUnavailable, "sandboxes_unavailable", true
+	case errors.Is(err, errNodeLost):
+		return http.StatusServiceUnavailable, "node_lost", true
+	case errors.Is(err, errNoCapacity):
+		return http.StatusTooManyRequests, "no_capacity", true
+	case errors.Is(err, errNotClustered):
+		return http.StatusNotFound, "not_clustered", true
 	}
 	switch {
 	case errors.As(err, &tooBig):

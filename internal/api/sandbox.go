@@ -236,7 +236,7 @@ func (s *Server) sandboxList(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
-	list, more, err := svc.List(r.Context(), f)
+	list, more, err := s.listSandboxes(r.Context(), f)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

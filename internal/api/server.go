@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/e2b"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
@@ -69,6 +70,10 @@ type Options struct {
 	BodyTimeout time.Duration
 	// MCP, when set, is served at /mcp (behind the token, like the API).
 	MCP http.Handler
+	// Cluster, when set, makes this server a node of a cluster: calls about other nodes'
+	// workloads and sandboxes are forwarded to them, sandboxes are placed, workloads go
+	// through the cluster's queue and lists show the whole cluster (cluster.go).
+	Cluster *cluster.Node
 }
 
 // Server is the API's http.Handler.
@@ -85,6 +90,9 @@ type Server struct {
 
 	e2b   *e2b.Server      // nil without sandboxes
 	ports *portproxy.Proxy // nil without sandboxes
+
+	fwd       *forwarder // with Cluster
+	forwarded *prometheus.CounterVec
 }
 
 // New builds the router.
@@ -113,6 +121,17 @@ func New(o Options) (*Server, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 12),
 		}, []string{"method", "route"}),
 	}
+	s.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vulcan_cluster_forwarded_requests_total", Help: "Requests this node passed to another node: to a record's owner, or a new sandbox to its placement.",
+	}, []string{"to"})
+	if o.Cluster != nil {
+		s.fwd = newForwarder(o.Cluster.ID())
+		if o.Metrics != nil {
+			if err := o.Metrics.Register(s.forwarded); err != nil {
+				return nil, fmt.Errorf("api: metrics: %w", err)
+			}
+		}
+	}
 	if o.Metrics != nil {
 		if err := errors.Join(o.Metrics.Register(s.requests), o.Metrics.Register(s.latency)); err != nil {
 			return nil, fmt.Errorf("api: metrics: %w", err)
@@ -122,12 +141,16 @@ func New(o Options) (*Server, error) {
 	if o.Sandboxes != nil {
 		s.ports = portproxy.New(o.Sandboxes.DialPort)
 		cfg := o.Engine.Config()
-		s.e2b = e2b.New(e2b.Options{Sandboxes: o.Sandboxes, Token: o.Token, Logger: o.Logger,
-			OutputLimit: int64(cfg.OutputLimit), LineLimit: int64(cfg.OutputLineLimit)})
+		eo := e2b.Options{Sandboxes: o.Sandboxes, Token: o.Token, Logger: o.Logger,
+			OutputLimit: int64(cfg.OutputLimit), LineLimit: int64(cfg.OutputLineLimit)}
+		if o.Cluster != nil {
+			eo.List = s.listSandboxes
+		}
+		s.e2b = e2b.New(eo)
 	}
 
 	r := chi.NewRouter()
-	r.Use(s.instrument, s.recoverer, s.guard, s.e2bDispatch)
+	r.Use(s.instrument, s.recoverer, s.guard, s.clusterFront, s.e2bDispatch)
 	r.NotFound(s.noRoute)
 	r.MethodNotAllowed(s.methodNotAllowed)
 	r.Get("/healthz", s.healthz)
@@ -144,6 +167,7 @@ func New(o Options) (*Server, error) {
 			r.Get("/openapi.json", s.openapi)
 			r.Get("/backends", s.backends)
 			r.Get("/stats", s.stats)
+			r.Get("/cluster", s.clusterStatus)
 			r.Post("/workloads", s.submitSync)
 			r.Post("/workloads/async", s.submitAsync)
 			r.Get("/workloads", s.list)
@@ -329,6 +353,10 @@ func (s *Server) submitSync(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if s.o.Cluster != nil {
+		s.clusterSubmit(w, r, spec, true)
+		return
+	}
 	wl, err := s.o.Engine.Submit(r.Context(), spec)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -351,6 +379,10 @@ func (s *Server) submitAsync(w http.ResponseWriter, r *http.Request) {
 	spec, err := decodeSpec(w, r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if s.o.Cluster != nil {
+		s.clusterSubmit(w, r, spec, false)
 		return
 	}
 	wl, err := s.o.Engine.Submit(r.Context(), spec)
@@ -389,7 +421,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	ws, total, err := s.o.Engine.List(r.Context(), f)
+	ws, total, err := s.listWorkloads(r.Context(), f)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

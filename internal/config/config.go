@@ -48,6 +48,13 @@ type Config struct {
 	BodyTimeout     time.Duration // VULCAN_BODY_TIMEOUT: how long a request body may take to arrive
 	ShutdownTimeout time.Duration // VULCAN_SHUTDOWN_TIMEOUT: how long SIGTERM waits for running workloads
 	Server          string        // VULCAN_SERVER: the API the CLI talks to
+	NATSURL         string        // VULCAN_NATS_URL: join a cluster over this NATS (JetStream) server list
+	NATSCreds       string        // VULCAN_NATS_CREDS: NATS credentials file
+	NATSCA          string        // VULCAN_NATS_CA: CA bundle to trust for NATS TLS
+	NATSCert        string        // VULCAN_NATS_CERT: client certificate for NATS TLS
+	NATSKey         string        // VULCAN_NATS_KEY: its key
+	NodeID          string        // VULCAN_NODE_ID: this node's name in the cluster (default: the server's instance id)
+	Advertise       string        // VULCAN_ADVERTISE: URL the other nodes reach this node's API at
 }
 
 // A setting ties an environment variable and a flag to a field.
@@ -214,6 +221,31 @@ var settings = []setting{
 		return nil
 	}, func(c *Config) string { return c.ShutdownTimeout.String() }}),
 	entry("VULCAN_SERVER", "server", "URL of the Vulcan API (CLI)", str(func(c *Config) *string { return &c.Server })),
+	entry("VULCAN_NATS_URL", "nats", "join a cluster: NATS server URL(s) with JetStream, like nats://127.0.0.1:4222 (comma-separated for several)", str(func(c *Config) *string { return &c.NATSURL })),
+	entry("VULCAN_NATS_CREDS", "nats-creds", "NATS credentials file (JWT and nkey seed)", str(func(c *Config) *string { return &c.NATSCreds })),
+	entry("VULCAN_NATS_CA", "nats-ca", "CA certificate (PEM) to trust for NATS over TLS", str(func(c *Config) *string { return &c.NATSCA })),
+	entry("VULCAN_NATS_CERT", "nats-cert", "client certificate (PEM) for NATS over TLS", str(func(c *Config) *string { return &c.NATSCert })),
+	entry("VULCAN_NATS_KEY", "nats-key", "client certificate's key (PEM) for NATS over TLS", str(func(c *Config) *string { return &c.NATSKey })),
+	entry("VULCAN_NODE_ID", "node-id", "this node's name in the cluster: letters, digits, - and _ (default: the server's instance id)", field{func(c *Config, v string) error {
+		for _, r := range v {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("may hold only letters, digits, - and _, got %q", v)
+			}
+		}
+		if len(v) > 64 {
+			return fmt.Errorf("is at most 64 characters, got %d", len(v))
+		}
+		c.NodeID = v
+		return nil
+	}, func(c *Config) string { return c.NodeID }}),
+	entry("VULCAN_ADVERTISE", "advertise", "URL the cluster's other nodes reach this node's API at (default http://<listen address> when it names a host)", field{func(c *Config, v string) error {
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return fmt.Errorf("must be a URL like http://10.0.0.2:8080, got %q", v)
+		}
+		c.Advertise = strings.TrimSuffix(v, "/")
+		return nil
+	}, func(c *Config) string { return c.Advertise }}),
 }
 
 // Default returns the built-in defaults. The data directory is system-wide for root and

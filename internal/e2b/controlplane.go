@@ -303,18 +303,24 @@ func (s *Server) detail(sb *model.Sandbox, withToken bool) SandboxDetail {
 	return d
 }
 
+// TemplateName is the Vulcan template an E2B templateID names: "base" when empty, and
+// @e2b/code-interpreter's default is ours by another name.
+func TemplateName(id string) string {
+	switch id {
+	case "":
+		return "base"
+	case CodeInterpreterTemplate:
+		return string(model.RuntimeCodeInterpreter)
+	}
+	return id
+}
+
 func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	var req NewSandbox
 	if !decode(w, r, &req) {
 		return
 	}
-	if req.TemplateID == "" {
-		req.TemplateID = "base"
-	}
-	if req.TemplateID == CodeInterpreterTemplate {
-		// @e2b/code-interpreter's default template is ours by another name.
-		req.TemplateID = string(model.RuntimeCodeInterpreter)
-	}
+	req.TemplateID = TemplateName(req.TemplateID)
 	if !s.o.Sandboxes.KnowsTemplate(model.Runtime(req.TemplateID)) {
 		writeError(w, http.StatusNotFound, "template %q not found (this Vulcan server has: %s and the templates built here)", clipPath(req.TemplateID), strings.Join(templates(), ", "))
 		return
@@ -629,7 +635,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		}
 		f.After = id
 	}
-	list, more, err := s.o.Sandboxes.List(r.Context(), f)
+	list, more, err := s.listSandboxes(r.Context(), f)
 	if err != nil {
 		s.fail(w, err)
 		return

@@ -15,6 +15,7 @@
 package e2b
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -27,7 +28,9 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
+	"github.com/vulcanhq/vulcan/internal/store"
 )
 
 // EnvdVersion is the envd version we claim. The SDKs switch features on by it: 0.4.0
@@ -56,6 +59,16 @@ type Options struct {
 	// OutputLimit and LineLimit cap a process's output as for Vulcan's own processes
 	// (0: the agent's defaults, no line cap).
 	OutputLimit, LineLimit int64
+	// List, when set, lists sandboxes instead of Sandboxes.List (a cluster's nodes list
+	// the whole cluster).
+	List func(ctx context.Context, f store.SandboxFilter) ([]*model.Sandbox, bool, error)
+}
+
+func (s *Server) listSandboxes(ctx context.Context, f store.SandboxFilter) ([]*model.Sandbox, bool, error) {
+	if s.o.List != nil {
+		return s.o.List(ctx, f)
+	}
+	return s.o.Sandboxes.List(ctx, f)
 }
 
 // Server serves E2B's control plane and envd.

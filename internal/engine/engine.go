@@ -176,6 +176,12 @@ func (e *Engine) load() (running, queued int) {
 // Submit validates spec, picks its backend, stores it as pending and queues it. It returns
 // the pending workload. Nothing is stored when it fails.
 func (e *Engine) Submit(ctx context.Context, spec model.Spec) (*model.Workload, error) {
+	return e.SubmitAs(ctx, ulid.Make().String(), time.Now().UTC(), spec)
+}
+
+// SubmitAs is Submit for a workload whose id and creation time were given elsewhere: a
+// cluster node runs what another node admitted to the cluster's queue.
+func (e *Engine) SubmitAs(ctx context.Context, id string, created time.Time, spec model.Spec) (*model.Workload, error) {
 	spec, err := e.Validate(spec)
 	if err != nil {
 		e.m.rejected.WithLabelValues("invalid").Inc()
@@ -189,8 +195,8 @@ func (e *Engine) Submit(ctx context.Context, spec model.Spec) (*model.Workload, 
 	// The registry has resolved "auto"; store what will actually isolate the workload.
 	spec.Isolation = model.Isolation(b.Name())
 	t := newTask(&model.Workload{
-		ID: ulid.Make().String(), Status: model.StatusPending, Spec: spec, Backend: b.Name(),
-		CreatedAt: time.Now().UTC(), Metadata: map[string]string{},
+		ID: id, Status: model.StatusPending, Spec: spec, Backend: b.Name(),
+		CreatedAt: created, Metadata: map[string]string{},
 	}, b, e.cfg.OutputLimit, e.cfg.OutputLineLimit)
 
 	e.mu.Lock()
@@ -230,6 +236,16 @@ func (e *Engine) Submit(ctx context.Context, spec model.Spec) (*model.Workload, 
 	e.mu.Unlock()
 	e.m.submitted.WithLabelValues(string(spec.Runtime)).Inc()
 	return admitted, nil
+}
+
+// Free is how many more workloads may start at once now (slots not running nor queued).
+func (e *Engine) Free() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closing {
+		return 0
+	}
+	return max(0, e.cfg.MaxConcurrent-e.inflight)
 }
 
 // Run submits spec and waits for it to end. If ctx ends first Run returns ctx's error

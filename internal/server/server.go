@@ -11,12 +11,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/mcpserver"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/store"
@@ -52,6 +57,13 @@ type Options struct {
 	API     api.Options
 	Logger  *slog.Logger         // nil: slog.Default()
 	Metrics *prometheus.Registry // nil: a new one
+	// Cluster, when set, joins a cluster over NATS (package cluster); nil: a single node.
+	// Its Advertise must be the URL this server will be reachable at. ImagesDir names the
+	// built-in images it announces; Warm, when set, lists the templates with a warm VM
+	// or snapshot here.
+	Cluster   *cluster.Config
+	ImagesDir string
+	Warm      func() []string
 }
 
 // PoolOwner is what owns warm VMs (microvm.Backend).
@@ -67,6 +79,7 @@ type Server struct {
 	Builder   *template.Builder // nil without Templates or sandboxes
 	Metrics   *prometheus.Registry
 	handler   http.Handler
+	Cluster   *cluster.Node // nil for a single node
 	mcp       *mcpserver.Mounted
 	vms       PoolOwner
 }
@@ -122,8 +135,25 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		}
 		o.Templates.GC(o.ImageInUse) // what a crash or a removal left
 	}
+	if o.Cluster != nil {
+		cc := *o.Cluster
+		if cc.Logger == nil {
+			cc.Logger = o.Logger
+		}
+		if cc.Token == "" {
+			cc.Token = o.API.Token
+		}
+		s.Cluster, err = cluster.Join(ctx, cc, cluster.Deps{Store: o.Store, Engine: s.Engine, Capacity: s.capacity(o)})
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Cluster.Register(o.Metrics); err != nil {
+			return nil, fmt.Errorf("cluster: metrics: %w", err)
+		}
+	}
 	s.mcp = mcpserver.NewMounted(o.API.Token)
 	ao := o.API
+	ao.Cluster = s.Cluster
 	ao.Engine, ao.Registry, ao.Sandboxes, ao.MCP, ao.Templates = s.Engine, o.Registry, s.Sandboxes, s.mcp, s.Builder
 	if ao.Logger == nil {
 		ao.Logger = o.Logger
@@ -149,6 +179,12 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // end). Idempotent; an already-cancelled ctx stops everything at once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
+	if s.Cluster != nil {
+		// No new work from the cluster's queue; the node leaves after its workloads and
+		// sandboxes have ended, so their records say how.
+		s.Cluster.StopTaking()
+		defer s.Cluster.Close()
+	}
 	if s.Engine != nil {
 		err = s.Engine.Shutdown(ctx)
 	}
@@ -173,4 +209,45 @@ func cancelled() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	return ctx
+}
+
+// capacity is what this node announces: its sandboxes' budgets and use, its free
+// workload slots, the templates it can boot (built-in images present, user templates
+// built here; looked up again every few seconds) and the warm ones.
+func (s *Server) capacity(o Options) func() cluster.Capacity {
+	var mu sync.Mutex
+	var templates []string
+	var at time.Time
+	slots := s.Engine.Config().MaxConcurrent
+	return func() cluster.Capacity {
+		c := cluster.Capacity{Slots: slots, SlotsFree: s.Engine.Free()}
+		if sb := s.Sandboxes; sb != nil && o.Launcher != nil {
+			l := sb.Load()
+			c.CanSandbox = true
+			c.Sandboxes, c.MaxSandboxes = l.Live, l.Max
+			c.MemBudgetMB, c.MemFreeMB = l.MemBudgetMB, max(0, l.MemBudgetMB-l.MemMB)
+			c.CPUBudget, c.CPUFree = l.CPUBudget, max(0, l.CPUBudget-l.CPUs)
+		}
+		mu.Lock()
+		if time.Since(at) > 5*time.Second {
+			at = time.Now()
+			templates = templates[:0]
+			if o.ImagesDir != "" {
+				for _, t := range images.Load(o.ImagesDir).Templates() {
+					templates = append(templates, string(t))
+				}
+			}
+			if o.Templates != nil {
+				for _, t := range o.Templates.List() {
+					templates = append(templates, t.Name)
+				}
+			}
+		}
+		c.Templates = slices.Clone(templates)
+		mu.Unlock()
+		if o.Warm != nil {
+			c.Warm = o.Warm()
+		}
+		return c
+	}
 }

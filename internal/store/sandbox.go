@@ -58,6 +58,7 @@ func (s *Store) CreateSandbox(ctx context.Context, sb *model.Sandbox) error {
 	if err != nil {
 		return fmt.Errorf("store: create sandbox %s: %w", sb.ID, err)
 	}
+	s.wrote(nil, sb)
 	return nil
 }
 
@@ -87,6 +88,7 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb *model.Sandbox) error {
 	if err != nil {
 		return fmt.Errorf("store: update sandbox %s to %s: %w", sb.ID, sb.State, err)
 	}
+	s.wrote(nil, sb)
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -35,6 +36,38 @@ var migrations embed.FS
 type Store struct {
 	w *sql.DB // exactly one connection: SQLite has one writer, queueing here beats SQLITE_BUSY
 	r *sql.DB // read-only pool; WAL lets these run alongside the writer
+
+	observer atomic.Pointer[Observer]
+}
+
+// An Observer hears of every workload and sandbox the store has just written (created or
+// updated), after the write committed. The calls come from the writers' goroutines, so
+// they must not block: a cluster node queues what it hears for its directory.
+type Observer interface {
+	WorkloadWritten(w *model.Workload)
+	SandboxWritten(sb *model.Sandbox)
+}
+
+// Observe sets the store's observer (nil: none).
+func (s *Store) Observe(o Observer) {
+	if o == nil {
+		s.observer.Store(nil)
+		return
+	}
+	s.observer.Store(&o)
+}
+
+func (s *Store) wrote(w *model.Workload, sb *model.Sandbox) {
+	o := s.observer.Load()
+	if o == nil {
+		return
+	}
+	if w != nil {
+		(*o).WorkloadWritten(w)
+	}
+	if sb != nil {
+		(*o).SandboxWritten(sb)
+	}
 }
 
 // Open opens (creating if needed) the database at path and applies pending migrations.
@@ -189,6 +222,7 @@ func (s *Store) Create(ctx context.Context, w *model.Workload) error {
 	if err != nil {
 		return fmt.Errorf("store: create %s: %w", w.ID, err)
 	}
+	s.wrote(w, nil)
 	return nil
 }
 
@@ -234,6 +268,7 @@ func (s *Store) Update(ctx context.Context, w *model.Workload, lines []model.Log
 	if err != nil {
 		return fmt.Errorf("store: update %s: %w", w.ID, err)
 	}
+	s.wrote(w, nil)
 	return nil
 }
 

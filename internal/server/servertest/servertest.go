@@ -12,6 +12,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
+	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/server"
@@ -27,6 +28,8 @@ type Stack struct {
 	Sandboxes *sandbox.Service // nil without a launcher
 	// TemplateDir is the template registry's dir (with Options.Templates).
 	TemplateDir string
+	Cluster     *cluster.Node // with Options.Cluster
+	srv         *server.Server
 }
 
 // Options shape a stack; the zero value is workloads only, on no backend.
@@ -43,6 +46,12 @@ type Options struct {
 	// TemplateImages as the built-ins' images dir (builds need a Launcher too).
 	Templates      bool
 	TemplateImages string
+	// Sandbox sizes the sandbox service (budgets, limits).
+	Sandbox sandbox.Config
+	// Store, when set, is the stack's store (a node restarted on its data); nil: a new one.
+	Store *store.Store
+	// Cluster, when set, joins the cluster it describes (its Advertise is set here).
+	Cluster *cluster.Config
 }
 
 // NewStack serves fake (or, when nil, no backend) through the real server, without
@@ -54,9 +63,12 @@ func NewStack(t testing.TB, cfg engine.Config, fake *backendtest.Fake, apiOpts f
 // New serves a server shaped by o.
 func New(t testing.TB, o Options) *Stack {
 	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
+	st := o.Store
+	if st == nil {
+		var err error
+		if st, err = store.Open(context.Background(), filepath.Join(t.TempDir(), "db")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	reg := backend.NewRegistry()
 	if o.Fake != nil {
@@ -65,8 +77,14 @@ func New(t testing.TB, o Options) *Stack {
 		reg.Missing("microvm", "microvm: no kernel image; run `make images`")
 	}
 	templateDir := ""
-	so := server.Options{Store: st, Registry: reg, Engine: o.Engine, Launcher: o.Launcher, NoSandboxes: o.Launcher == nil,
+	so := server.Options{Store: st, Registry: reg, Engine: o.Engine, Sandbox: o.Sandbox, Launcher: o.Launcher, NoSandboxes: o.Launcher == nil,
 		Logger: slog.New(slog.DiscardHandler)}
+	hs := httptest.NewUnstartedServer(nil)
+	if o.Cluster != nil {
+		cc := *o.Cluster
+		cc.Advertise = "http://" + hs.Listener.Addr().String()
+		so.Cluster = &cc
+	}
 	if o.Templates {
 		tr, err := template.OpenRegistry(filepath.Join(t.TempDir(), "templates"))
 		if err != nil {
@@ -82,10 +100,12 @@ func New(t testing.TB, o Options) *Stack {
 	}
 	srv, err := server.New(context.Background(), so)
 	if err != nil {
+		hs.Close()
 		st.Close()
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	hs.Config.Handler = srv.Handler()
+	hs.Start()
 	t.Cleanup(func() {
 		hs.CloseClientConnections()
 		hs.Close()
@@ -94,5 +114,5 @@ func New(t testing.TB, o Options) *Stack {
 		srv.Shutdown(ctx)
 		st.Close()
 	})
-	return &Stack{Server: hs, Store: st, Engine: srv.Engine, Sandboxes: srv.Sandboxes, TemplateDir: templateDir}
+	return &Stack{Server: hs, Store: st, Engine: srv.Engine, Sandboxes: srv.Sandboxes, TemplateDir: templateDir, Cluster: srv.Cluster, srv: srv}
 }

@@ -1,0 +1,57 @@
+package cluster
+
+import (
+	"slices"
+	"strings"
+)
+
+// Need is what a new sandbox asks of its node.
+type Need struct {
+	Template string
+	MemMB    int
+	CPUs     int
+}
+
+// Place orders the live nodes that can take a sandbox, best first: the most free memory
+// among those that have its template, ties broken by a warm pool or snapshot of it, then
+// by the fewest sandboxes, then by id. Empty: no capacity anywhere.
+func (n *Node) Place(need Need) []NodeInfo {
+	var fit []NodeInfo
+	for _, info := range n.Nodes() {
+		c := info.Capacity
+		if !info.Alive || !c.CanSandbox || c.Sandboxes >= c.MaxSandboxes || c.MemFreeMB < need.MemMB || c.CPUFree < need.CPUs {
+			continue
+		}
+		if need.Template != "" && !slices.Contains(c.Templates, need.Template) {
+			continue
+		}
+		fit = append(fit, info)
+	}
+	slices.SortStableFunc(fit, func(a, b NodeInfo) int {
+		if a.MemFreeMB != b.MemFreeMB {
+			return b.MemFreeMB - a.MemFreeMB
+		}
+		aw, bw := slices.Contains(a.Warm, need.Template), slices.Contains(b.Warm, need.Template)
+		if aw != bw {
+			if aw {
+				return -1
+			}
+			return 1
+		}
+		if a.Sandboxes != b.Sandboxes {
+			return a.Sandboxes - b.Sandboxes
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return fit
+}
+
+// AnyHas reports whether some live node has the template.
+func (n *Node) AnyHas(template string) bool {
+	for _, info := range n.Nodes() {
+		if info.Alive && slices.Contains(info.Templates, template) {
+			return true
+		}
+	}
+	return false
+}

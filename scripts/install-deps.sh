@@ -18,11 +18,31 @@ if [ "${1:-}" = "--test" ]; then
          python3)                                   # the agent's tests run the host's runtimes (and nodejs)
 fi
 
+# The cluster's tests start a real nats-server with JetStream: the release built from the
+# Go module proxy (Debian's package is 2.9), into /usr/local/bin (or $NATS_GOBIN).
+NATS_VERSION=v2.15.3
+nats_server() {
+  [ "${1:-}" = "--test" ] || return 0
+  local bin="${NATS_GOBIN:-/usr/local/bin}"
+  if "$bin/nats-server" --version 2>/dev/null | grep -q "${NATS_VERSION#v}"; then
+    return 0
+  fi
+  if [ ! -w "$bin" ]; then
+    echo "nats-server $NATS_VERSION missing: GOBIN=$bin go install github.com/nats-io/nats-server/v2@$NATS_VERSION" >&2
+    return 1
+  fi
+  echo "building nats-server $NATS_VERSION"
+  PATH=/usr/local/go/bin:$PATH GOBIN="$bin" go install "github.com/nats-io/nats-server/v2@$NATS_VERSION"
+}
+
 missing=()
 for p in "${need[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+  nats_server "${1:-}"
+  exit 0
+fi
 
 if [ "$(id -u)" != 0 ]; then
   echo "missing packages: ${missing[*]}" >&2
@@ -33,3 +53,4 @@ echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+nats_server "${1:-}"

@@ -241,19 +241,21 @@ type Node struct {
 	mu        sync.Mutex
 	connected time.Time // when the connection last came up
 	nodes     map[string]*seenNode
-	records map[string]cached
-	changed chan struct{} // closed and replaced on every directory change
-	outbox  map[string]*Record
-	kick    chan struct{}
-	held    map[string]jetstream.Msg // claimed work messages, by workload id, until stored
-	slot    chan struct{}
+	records   map[string]cached
+	changed   chan struct{} // closed and replaced on every directory change
+	outbox    map[string]*Record
+	kick      chan struct{}
+	rewatch   chan struct{}
+	held      map[string]jetstream.Msg // claimed work messages, by workload id, until stored
+	slot      chan struct{}
 
 	m *metrics
 }
 
 type seenNode struct {
 	info NodeInfo
-	at   time.Time // when this node last heard it
+	at   time.Time // when this node last saw its announcement change
+	rev  uint64
 }
 
 type cached struct {
@@ -274,7 +276,7 @@ func Join(ctx context.Context, cfg Config, deps Deps) (_ *Node, err error) {
 	}
 	n := &Node{cfg: cfg, deps: deps, log: cfg.Logger.With("node", cfg.NodeID), inc: ulid.Make().String(), born: time.Now().UTC(),
 		nodes: map[string]*seenNode{}, records: map[string]cached{}, changed: make(chan struct{}),
-		outbox: map[string]*Record{}, kick: make(chan struct{}, 1), held: map[string]jetstream.Msg{}, slot: make(chan struct{}, 1),
+		outbox: map[string]*Record{}, kick: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), held: map[string]jetstream.Msg{}, slot: make(chan struct{}, 1),
 		m: newMetrics()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.takeCtx, n.stopTaking = context.WithCancel(n.ctx)
@@ -287,7 +289,7 @@ func Join(ctx context.Context, cfg Config, deps Deps) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.markConnected()
+	n.connected = time.Now()
 	if n.nc, err = nats.Connect(cfg.URL, opts...); err != nil {
 		return nil, fmt.Errorf("cluster: connect %s: %w", cfg.URL, err)
 	}
@@ -302,9 +304,8 @@ func Join(ctx context.Context, cfg Config, deps Deps) (_ *Node, err error) {
 	// The directory first: a node that serves before it knows where ids live would
 	// answer "not found" for other nodes' sandboxes.
 	ready := make(chan struct{})
-	n.wg.Add(2)
+	n.wg.Add(1)
 	go n.watchRecords(ready)
-	go n.watchNodes()
 	select {
 	case <-ready:
 	case <-sctx.Done():
@@ -312,6 +313,9 @@ func Join(ctx context.Context, cfg Config, deps Deps) (_ *Node, err error) {
 	}
 	if err := n.announce(sctx); err != nil {
 		return nil, fmt.Errorf("cluster: announce: %w", err)
+	}
+	if err := n.pollNodes(sctx); err != nil {
+		return nil, fmt.Errorf("cluster: read the nodes: %w", err)
 	}
 	if deps.Store != nil {
 		n.sync(sctx)
@@ -445,6 +449,10 @@ func (n *Node) markConnected() {
 	n.mu.Lock()
 	n.connected = time.Now()
 	n.mu.Unlock()
+	select {
+	case n.rewatch <- struct{}{}:
+	default:
+	}
 }
 
 // settled reports whether the connection has been up long enough for every live node
@@ -500,30 +508,47 @@ func (n *Node) watchRecords(ready chan struct{}) {
 	})
 }
 
-func (n *Node) watchNodes() {
-	defer n.wg.Done()
-	initial := true
-	n.watch(n.nodesKV, nil, func(e jetstream.KeyValueEntry) {
-		if e == nil {
-			initial = false
-			return
+// pollNodes reads every announcement. A node is seen when its announcement's revision
+// moves (or, the first time, when the server stored it), so a node's liveness never
+// depends on two machines' clocks agreeing. Polling, not watching: a watcher that
+// silently stalls would make live nodes look dead.
+func (n *Node) pollNodes(ctx context.Context) error {
+	lister, err := n.nodesKV.ListKeys(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil
 		}
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		if e.Operation() != jetstream.KeyValuePut {
-			delete(n.nodes, e.Key())
-			return
+		return err
+	}
+	present := map[string]bool{}
+	for key := range lister.Keys() {
+		e, err := n.nodesKV.Get(ctx, key)
+		if err != nil {
+			continue
 		}
 		var info NodeInfo
-		if err := json.Unmarshal(e.Value(), &info); err != nil || info.ID != e.Key() {
-			return
+		if err := json.Unmarshal(e.Value(), &info); err != nil || info.ID != key {
+			continue
 		}
-		at := time.Now()
-		if initial {
-			at = e.Created() // an old announcement must not look fresh
+		present[key] = true
+		n.mu.Lock()
+		prev, ok := n.nodes[key]
+		switch {
+		case !ok:
+			n.nodes[key] = &seenNode{info: info, at: e.Created(), rev: e.Revision()}
+		case prev.rev != e.Revision():
+			n.nodes[key] = &seenNode{info: info, at: time.Now(), rev: e.Revision()}
 		}
-		n.nodes[e.Key()] = &seenNode{info: info, at: at}
-	})
+		n.mu.Unlock()
+	}
+	n.mu.Lock()
+	for key := range n.nodes {
+		if !present[key] {
+			delete(n.nodes, key) // left (deleted its announcement) or lapsed
+		}
+	}
+	n.mu.Unlock()
+	return nil
 }
 
 // watch runs a watcher over kv until the node closes, calling fn for each entry (nil
@@ -538,15 +563,28 @@ func (n *Node) watch(kv jetstream.KeyValue, ready chan struct{}, fn func(jetstre
 			sleep(n.ctx, time.Second)
 			continue
 		}
-		for e := range w.Updates() {
-			fn(e)
-			if e == nil && ready != nil {
-				close(ready)
-				ready = nil
+	read:
+		for {
+			select {
+			case e, ok := <-w.Updates():
+				if !ok {
+					break read
+				}
+				fn(e)
+				if e == nil && ready != nil {
+					close(ready)
+					ready = nil
+				}
+			case <-n.rewatch:
+				// Reconnected: a watcher's consumer may take long to notice the server
+				// restarted, so start over (the fresh watcher delivers every record again).
+				break read
+			case <-n.ctx.Done():
+				break read
 			}
 		}
 		_ = w.Stop()
-		sleep(n.ctx, 250*time.Millisecond)
+		sleep(n.ctx, 100*time.Millisecond)
 	}
 }
 
@@ -592,6 +630,9 @@ func (n *Node) heartbeat() {
 					n.log.Warn("cluster: set up again", "err", err)
 				}
 			}
+		}
+		if err := n.pollNodes(ctx); err != nil && n.ctx.Err() == nil {
+			n.log.Debug("cluster: read the nodes", "err", err)
 		}
 		cancel()
 		if n.settled() {

@@ -339,14 +339,18 @@ func TestClusterSurvivesNATSRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t0 := time.Now()
 	nats.Restart()
+	t.Logf("restarted in %v", time.Since(t0))
 	eventually(t, "both nodes reconnect", 20*time.Second, func() bool { return a.Cluster.Connected() && b.Cluster.Connected() })
 	waitNodes(t, a, 2)
 	waitNodes(t, b, 2)
+	t.Logf("reconnected in %v", time.Since(t0))
 	w, err := a.c.Run(ctx, model.Spec{Runtime: model.RuntimePython, Code: "print('after restart')"})
 	if err != nil || w.Status != model.StatusCompleted {
 		t.Fatalf("workload after the restart: %+v %v", w, err)
 	}
+	t.Logf("ran a workload %v after the restart", time.Since(t0))
 	exit, err := a.c.Exec(ctx, sb.ID, api.ProcessRequest{Cmd: "true"}, nil)
 	if err != nil || exit.ExitCode == nil || *exit.ExitCode != 0 {
 		t.Fatalf("exec on B's sandbox through A after the restart: %+v %v", exit, err)

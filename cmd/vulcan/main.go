@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.PersistentFlags().String("token", "", "API bearer token ($VULCAN_API_TOKEN)")
 	root.AddCommand(mcpCommand(), serveCommand(), runCommand(), statusCommand(), logsCommand(), lsCommand(), killCommand(),
 		backendsCommand(), versionCommand(), doctorCommand(), downloadCommand(), benchCommand(),
-		sandboxCommand(), execCommand(), cpCommand(), shellCommand(), templateCommand(), codeCommand())
+		sandboxCommand(), execCommand(), cpCommand(), shellCommand(), templateCommand(), codeCommand(), clusterCommand())
 	return root.ExecuteContext(ctx)
 }
 

@@ -150,6 +150,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut interface{ Write([]by
 		so.Cluster, so.ImagesDir = cc, cfg.ImagesDir
 		if vms != nil {
 			so.Warm = func() []string { return warmTemplates(vms) }
+			so.CanSandbox = func() bool { return vms.Available(context.Background()) == nil }
 		}
 	}
 	vs, err := server.New(ctx, so)

@@ -303,6 +303,12 @@ func (s *Server) placeSandbox(w http.ResponseWriter, r *http.Request, next http.
 		need.Template = ""
 		nodes = s.o.Cluster.Place(need)
 	}
+	if len(nodes) == 0 && !s.o.Cluster.AnyCanSandbox() {
+		// No node boots VMs at all: this one says why (503 with the backend's reason).
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		next.ServeHTTP(w, r)
+		return
+	}
 	if len(nodes) == 0 {
 		w.Header().Set("Retry-After", "5")
 		s.writeError(w, r, fmt.Errorf("%w: no node in the cluster has room for a %s sandbox now", errNoCapacity, orAny(need.Template)))

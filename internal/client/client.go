@@ -255,3 +255,9 @@ func (c *Client) followOnce(ctx context.Context, id string, last *int64, fn func
 	}
 	return nil, io.ErrUnexpectedEOF
 }
+
+// ClusterStatus reports the cluster the server is a node of (404 for a single node).
+func (c *Client) ClusterStatus(ctx context.Context) (*api.ClusterStatus, error) {
+	var out api.ClusterStatus
+	return &out, c.do(ctx, http.MethodGet, "/v1/cluster", nil, &out)
+}

@@ -116,18 +116,17 @@ func (c *Config) defaults() {
 
 // Capacity is what a node can take now.
 type Capacity struct {
-	MemFreeMB     int      `json:"mem_free_mb"`
-	MemBudgetMB   int      `json:"mem_budget_mb"`
-	CPUFree       int      `json:"cpu_free"`
-	CPUBudget     int      `json:"cpu_budget"`
-	Sandboxes     int      `json:"sandboxes"`
-	MaxSandboxes  int      `json:"max_sandboxes"`
-	Slots         int      `json:"slots"`      // workloads at once
-	SlotsFree     int      `json:"slots_free"` // of which free
-	CanSandbox    bool     `json:"can_sandbox"`
-	Templates     []string `json:"templates"`      // images present
-	Warm          []string `json:"warm,omitempty"` // templates with a warm pool or a snapshot here
-	WorkloadsDone int64    `json:"workloads_done"` // run to an end here since start
+	MemFreeMB    int      `json:"mem_free_mb"`
+	MemBudgetMB  int      `json:"mem_budget_mb"`
+	CPUFree      int      `json:"cpu_free"`
+	CPUBudget    int      `json:"cpu_budget"`
+	Sandboxes    int      `json:"sandboxes"`
+	MaxSandboxes int      `json:"max_sandboxes"`
+	Slots        int      `json:"slots"`      // workloads at once
+	SlotsFree    int      `json:"slots_free"` // of which free
+	CanSandbox   bool     `json:"can_sandbox"`
+	Templates    []string `json:"templates"`      // images present
+	Warm         []string `json:"warm,omitempty"` // templates with a warm pool or a snapshot here
 }
 
 // NodeInfo is a node's announcement.

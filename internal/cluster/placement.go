@@ -55,3 +55,13 @@ func (n *Node) AnyHas(template string) bool {
 	}
 	return false
 }
+
+// AnyCanSandbox reports whether some live node can boot sandboxes at all.
+func (n *Node) AnyCanSandbox() bool {
+	for _, info := range n.Nodes() {
+		if info.Alive && info.CanSandbox {
+			return true
+		}
+	}
+	return false
+}

@@ -237,9 +237,14 @@ func (n *Node) take(msg jetstream.Msg) {
 		// it ends here, failed with the reason (an unavailable backend, a shutdown).
 		now := time.Now().UTC()
 		w := *claimed.Workload
+		w.Spec = *spec
 		w.Status, w.Error, w.FinishedAt = model.StatusFailed, "not started: "+err.Error(), &now
-		claimed.Workload = &w
-		n.queue(key, &claimed)
+		if n.deps.Store == nil || n.deps.Store.Create(ctx, &w) != nil {
+			// The store's observer did not write the record: write it here.
+			rec := workloadRecord(&w)
+			rec.Node, rec.Incarnation = n.cfg.NodeID, n.inc
+			n.queue(key, rec)
+		}
 		_ = msg.Ack()
 	}
 	n.dropSpec(wm)

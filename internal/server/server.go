@@ -64,6 +64,8 @@ type Options struct {
 	Cluster   *cluster.Config
 	ImagesDir string
 	Warm      func() []string
+	// CanSandbox, when set, tells whether the launcher can boot VMs now (announced).
+	CanSandbox func() bool
 }
 
 // PoolOwner is what owns warm VMs (microvm.Backend).
@@ -221,7 +223,7 @@ func (s *Server) capacity(o Options) func() cluster.Capacity {
 	slots := s.Engine.Config().MaxConcurrent
 	return func() cluster.Capacity {
 		c := cluster.Capacity{Slots: slots, SlotsFree: s.Engine.Free()}
-		if sb := s.Sandboxes; sb != nil && o.Launcher != nil {
+		if sb := s.Sandboxes; sb != nil && o.Launcher != nil && (o.CanSandbox == nil || o.CanSandbox()) {
 			l := sb.Load()
 			c.CanSandbox = true
 			c.Sandboxes, c.MaxSandboxes = l.Live, l.Max

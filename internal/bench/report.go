@@ -89,6 +89,8 @@ var All = []Benchmark{
 	{"F5", "pause and resume, 256 MiB and 1 GiB", PauseResume},
 	{"C1", "runCode('1+1') through the E2B route vs the kernel's time", one(CellOverhead)},
 	{"C2", "create code-interpreter → first result, restored vs cold", one(FirstResult)},
+	{"K1", "exec through a non-owner node vs the owner", one(ClusterExec)},
+	{"K2", "no-op workloads/s with 1, 2, 3 nodes", ClusterScaling},
 }
 
 // Select returns the benchmarks whose IDs are in only (all when only is empty).
@@ -107,7 +109,7 @@ func Select(only []string) ([]Benchmark, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3, E1, F1–F5, C1–C2)", id)
+			return nil, fmt.Errorf("unknown benchmark %q (have P1–P5, S1–S3, E1, F1–F5, C1–C2, K1–K2)", id)
 		}
 	}
 	return out, nil

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/client"
+	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/microvm"
@@ -62,6 +63,7 @@ type fastStart struct {
 	pool      map[model.Runtime]microvm.PoolSize
 	snapshots bool
 	pause     bool
+	cluster   *cluster.Config // join a cluster (its Advertise is set here)
 }
 
 // benchSandbox is what S1–S3 boot: the python template, 1 vCPU, 256 MiB, no network.
@@ -122,7 +124,18 @@ func startSandboxStack(ctx context.Context, o Options, maxSandboxes int, fast ..
 	}
 	reg := backend.NewRegistry()
 	reg.Register(vms)
-	vs, err := server.New(ctx, server.Options{Store: st, Registry: reg, Logger: quiet, Metrics: metrics,
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	undo = append(undo, func() { ln.Close() })
+	var cc *cluster.Config
+	if fs.cluster != nil {
+		c := *fs.cluster
+		c.Advertise, c.Logger = "http://"+ln.Addr().String(), quiet
+		cc = &c
+	}
+	vs, err := server.New(ctx, server.Options{Store: st, Registry: reg, Logger: quiet, Metrics: metrics, Cluster: cc, ImagesDir: o.ImagesDir,
 		Engine: engine.Config{MaxConcurrent: 4, QueueSize: 16},
 		Sandbox: sandbox.Config{MaxSandboxes: maxSandboxes, CPUBudget: maxSandboxes, PausedDir: pausedDir,
 			BootTimeout: bootTimeout, Limits: model.Limits{DefaultCPUs: 1, MaxCPUs: 8, DefaultMemMB: 256,
@@ -137,10 +150,6 @@ func startSandboxStack(ctx context.Context, o Options, maxSandboxes int, fast ..
 		vs.Shutdown(done)
 	})
 	sbx, srv := vs.Sandboxes, vs.Handler()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
-	}
 	hs := &http.Server{Handler: srv}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/server"
@@ -56,7 +57,7 @@ type stack struct {
 	close func()
 }
 
-func startStack(ctx context.Context, tmp string, b backend.Backend, cfg engine.Config) (_ *stack, err error) {
+func startStack(ctx context.Context, tmp string, b backend.Backend, cfg engine.Config, join ...*cluster.Config) (_ *stack, err error) {
 	var undo []func()
 	cleanup := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
@@ -82,7 +83,18 @@ func startStack(ctx context.Context, tmp string, b backend.Backend, cfg engine.C
 	reg.Register(b)
 	quiet := slog.New(slog.DiscardHandler)
 	metrics := prometheus.NewRegistry() // collected as in serve, so their cost is counted
-	vs, err := server.New(ctx, server.Options{Store: st, Registry: reg, Engine: cfg, NoSandboxes: true, Logger: quiet, Metrics: metrics})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	undo = append(undo, func() { ln.Close() })
+	so := server.Options{Store: st, Registry: reg, Engine: cfg, NoSandboxes: true, Logger: quiet, Metrics: metrics}
+	if len(join) > 0 && join[0] != nil {
+		c := *join[0]
+		c.Advertise, c.Logger = "http://"+ln.Addr().String(), quiet
+		so.Cluster = &c
+	}
+	vs, err := server.New(ctx, so)
 	if err != nil {
 		return nil, err
 	}
@@ -93,10 +105,6 @@ func startStack(ctx context.Context, tmp string, b backend.Backend, cfg engine.C
 		vs.Shutdown(done)
 	})
 	srv := vs.Handler()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
-	}
 	hs := &http.Server{Handler: srv}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()

@@ -1,0 +1,286 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/vulcanhq/vulcan/internal/api"
+	"github.com/vulcanhq/vulcan/internal/client"
+	"github.com/vulcanhq/vulcan/internal/cluster"
+	"github.com/vulcanhq/vulcan/internal/engine"
+)
+
+var (
+	rowK1  = Row{"K1", "cluster exec forwarding", "exec `true` in a sandbox through a node that does not own it vs through its owner, p50 difference"}
+	rowK2a = Row{"K2a", "cluster rate, 1 node", "sync no-op workloads/s through the cluster's queue (JetStream), 1 node, 32 clients"}
+	rowK2b = Row{"K2b", "cluster rate, 2 nodes", "the same with 2 nodes (clients spread over them); target: no slower than 1 node"}
+	rowK2c = Row{"K2c", "cluster rate, 3 nodes", "the same with 3 nodes; the note gives the scaling factor over 1 node"}
+)
+
+// K1's and K2's targets: forwarding adds at most 2 ms; one node sustains 100 no-op
+// workloads/s through the queue, and more nodes are no slower than one.
+const (
+	ClusterExecMaxOverhead = 2 * time.Millisecond
+	ClusterMinRate         = 100.0
+)
+
+// natsServer runs nats-server (VULCAN_NATS_SERVER or PATH) with JetStream on a free
+// loopback port under dir.
+type natsServer struct {
+	URL string
+	cmd *exec.Cmd
+}
+
+func natsPrereq() (string, string) {
+	bin := os.Getenv("VULCAN_NATS_SERVER")
+	if bin == "" {
+		p, err := exec.LookPath("nats-server")
+		if err != nil {
+			return "", "nats-server not found (set VULCAN_NATS_SERVER, or scripts/install-deps.sh --test builds it)"
+		}
+		bin = p
+	}
+	return bin, ""
+}
+
+func startNATS(ctx context.Context, bin, dir string) (*natsServer, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", dir)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	n := &natsServer{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), cmd: cmd}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		nc, err := nats.Connect(n.URL, nats.Timeout(time.Second))
+		if err == nil {
+			nc.Close()
+			return n, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			n.Close()
+			return nil, fmt.Errorf("nats-server did not come up: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (n *natsServer) Close() {
+	_ = n.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { _ = n.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = n.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func clusterCfg(url, id string) *cluster.Config {
+	return &cluster.Config{URL: url, NodeID: id, Heartbeat: 250 * time.Millisecond}
+}
+
+// ClusterExec is K1: two real sandbox nodes in a cluster; one sandbox on the owner;
+// exec timed through the owner and through the other node, interleaved.
+func ClusterExec(ctx context.Context, o Options) (_ Result, err error) {
+	bin, why := natsPrereq()
+	if why == "" {
+		why = sandboxPrereq(o)
+	}
+	if why != "" {
+		return rowK1.Skipped(why), nil
+	}
+	dir, err := os.MkdirTemp(o.TempDir, "vk1-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer os.RemoveAll(dir)
+	ns, err := startNATS(ctx, bin, dir)
+	if err != nil {
+		return Result{}, err
+	}
+	defer ns.Close()
+	owner, err := startSandboxStack(ctx, o, 1, fastStart{cluster: clusterCfg(ns.URL, "k1-owner")})
+	if err != nil {
+		return Result{}, err
+	}
+	defer owner.Close()
+	other, err := startSandboxStack(ctx, o, 1, fastStart{cluster: clusterCfg(ns.URL, "k1-other")})
+	if err != nil {
+		return Result{}, err
+	}
+	defer other.Close()
+	sb, err := owner.c.CreateSandbox(ctx, benchSandbox)
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() {
+		if serr := owner.stopAll(ctx, []string{sb.ID}); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	through := func(c *client.Client) (time.Duration, error) {
+		t0 := time.Now()
+		ev, err := c.Exec(ctx, sb.ID, api.ProcessRequest{Argv: []string{"true"}}, nil)
+		if err != nil {
+			return 0, err
+		}
+		if ev.ExitCode == nil || *ev.ExitCode != 0 {
+			return 0, fmt.Errorf("exec true: %+v", ev)
+		}
+		return time.Since(t0), nil
+	}
+	for range 5 { // warm both paths' connections
+		if _, err := through(owner.c); err != nil {
+			return Result{}, err
+		}
+		if _, err := through(other.c); err != nil {
+			return Result{}, fmt.Errorf("through the other node: %w", err)
+		}
+	}
+	n := o.n(200, 40)
+	direct, forwarded := make([]time.Duration, n), make([]time.Duration, n)
+	for i := range n {
+		if direct[i], err = through(owner.c); err != nil {
+			return Result{}, err
+		}
+		if forwarded[i], err = through(other.c); err != nil {
+			return Result{}, err
+		}
+	}
+	r := rowK1.Compare(Overhead, NewSample("through the owner", direct), NewSample("through the other node", forwarded),
+		AtMost(ClusterExecMaxOverhead.Seconds()))
+	r.Note = fmt.Sprintf("%d execs each; p99 owner %s, other %s; loopback, one host", n,
+		formatSeconds(Percentile(direct, 99).Seconds()), formatSeconds(Percentile(forwarded, 99).Seconds()))
+	return r, nil
+}
+
+// ClusterScaling is K2: the same closed loop of sync no-op workloads against clusters of
+// 1, 2 and 3 nodes (stub backend, each node 32 slots), every one through the cluster's
+// queue, directory and store. On one host the nodes share its cores, so the factor
+// says what the cluster's own path costs, not what more machines would add.
+func ClusterScaling(ctx context.Context, o Options) (_ []Result, err error) {
+	rows := []Row{rowK2a, rowK2b, rowK2c}
+	bin, why := natsPrereq()
+	if why != "" {
+		return []Result{rows[0].Skipped(why), rows[1].Skipped(why), rows[2].Skipped(why)}, nil
+	}
+	total := o.n(1500, 300)
+	var out []Result
+	var base float64
+	for nodes := 1; nodes <= 3; nodes++ {
+		rate, err := clusterRate(ctx, o, bin, nodes, total)
+		if err != nil {
+			return out, err
+		}
+		// 1 node: at least ClusterMinRate; more nodes: no slower than one.
+		target := AtLeast(ClusterMinRate)
+		if nodes > 1 {
+			target = AtLeast(base)
+		}
+		r := rows[nodes-1].Rate(total, time.Duration(float64(time.Second)*float64(total)/rate), "workloads/s", target)
+		if nodes == 1 {
+			base = rate
+		}
+		r.Note = fmt.Sprintf("%d workloads; %.2fx the 1-node rate; %d CPU cores shared by nodes and nats-server", total, rate/base, runtime.NumCPU())
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func clusterRate(ctx context.Context, o Options, bin string, nodes, total int) (float64, error) {
+	dir, err := os.MkdirTemp(o.TempDir, "vk2-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	ns, err := startNATS(ctx, bin, dir)
+	if err != nil {
+		return 0, err
+	}
+	defer ns.Close()
+	var urls []string
+	for i := range nodes {
+		s, err := startStack(ctx, dir, &stubBackend{run: noop}, engine.Config{MaxConcurrent: 32, QueueSize: 64},
+			clusterCfg(ns.URL, fmt.Sprintf("k2-%d", i)))
+		if err != nil {
+			return 0, err
+		}
+		defer s.Close()
+		urls = append(urls, s.URL)
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	body := []byte(`{"runtime":"python","code":"pass"}`)
+	post := func(url string) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/workloads", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("POST /v1/workloads: status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	for _, u := range urls { // warm: connections, the consumer, the stores
+		for range 4 {
+			if err := post(u); err != nil {
+				return 0, err
+			}
+		}
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var errMu sync.Mutex
+	var firstErr error
+	t0 := time.Now()
+	for c := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(total) {
+				if err := post(urls[c%len(urls)]); err != nil {
+					errMu.Lock()
+					firstErr = errors.Join(firstErr, err)
+					errMu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	d := time.Since(t0)
+	o.logf("K2: %d nodes: %d workloads in %s", nodes, total, d.Round(time.Millisecond))
+	return float64(total) / d.Seconds(), nil
+}

@@ -100,7 +100,7 @@ func TestWriteJSON(t *testing.T) {
 
 func TestSelect(t *testing.T) {
 	all, err := Select(nil)
-	if err != nil || len(all) != 16 {
+	if err != nil || len(all) != 18 {
 		t.Fatalf("all: %d %v", len(all), err)
 	}
 	bs, err := Select([]string{"p3", " P1"})

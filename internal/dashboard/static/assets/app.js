@@ -12,6 +12,7 @@ import * as sandboxes from "./pages/sandboxes.js";
 import * as sandboxNew from "./pages/sandbox-new.js";
 import * as sandbox from "./pages/sandbox.js";
 import * as templates from "./pages/templates.js";
+import * as nodes from "./pages/nodes.js";
 
 const routes = [
   { re: /^\/(workloads\/?)?$/, page: workloads, nav: "workloads" },
@@ -22,6 +23,7 @@ const routes = [
   { re: /^\/sandboxes\/([0-9A-Za-z_-]+)\/?$/, page: sandbox, nav: "sandboxes" },
   { re: /^\/templates\/?$/, page: templates, nav: "templates" },
   { re: /^\/backends\/?$/, page: backends, nav: "backends" },
+  { re: /^\/nodes\/?$/, page: nodes, nav: "nodes" },
   { re: /^\/charts\/?$/, page: charts, nav: "charts" },
 ];
 

@@ -233,7 +233,7 @@ func clusterConfig(cfg *config.Config, addr net.Addr) (*cluster.Config, error) {
 		adv = "http://" + net.JoinHostPort(host, port)
 	}
 	return &cluster.Config{URL: cfg.NATSURL, Creds: cfg.NATSCreds, CA: cfg.NATSCA, Cert: cfg.NATSCert, Key: cfg.NATSKey,
-		NodeID: id, Advertise: adv, Token: cfg.APIToken}, nil
+		NodeID: id, Advertise: adv}, nil
 }
 
 // warmTemplates are the templates this node starts fast: an idle pooled VM or a snapshot.

@@ -380,12 +380,21 @@ func (s *Server) placeOn(w http.ResponseWriter, r *http.Request, target string, 
 }
 
 // statusRecorder holds back a 429 or 503 answer (holdOn) so the create can go to the
-// next node instead.
+// next node instead: headers are kept apart until the status is known, so a held
+// answer's (Retry-After) never reach the client.
 type statusRecorder struct {
 	http.ResponseWriter
 	holdOn bool
+	header http.Header
 	held   bool
 	wrote  bool
+}
+
+func (s *statusRecorder) Header() http.Header {
+	if s.header == nil {
+		s.header = http.Header{}
+	}
+	return s.header
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -396,6 +405,9 @@ func (s *statusRecorder) WriteHeader(code int) {
 	if s.holdOn && (code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable) {
 		s.held = true
 		return
+	}
+	for k, vs := range s.header {
+		s.ResponseWriter.Header()[k] = vs
 	}
 	s.ResponseWriter.WriteHeader(code)
 }
@@ -491,21 +503,14 @@ func (s *Server) clusterStatus(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("%w: this server is a single node (start it with --nats to join a cluster)", errNotClustered))
 		return
 	}
-	st := ClusterStatus{Self: c.ID(), Connected: c.Connected(), Nodes: c.Nodes(), Workloads: map[string]int{}, Sandboxes: map[string]int{}}
+	st := ClusterStatus{Self: c.ID(), Connected: c.Connected(), Nodes: c.Nodes()}
 	if st.Nodes == nil {
 		st.Nodes = []cluster.NodeInfo{}
 	}
 	if d, err := c.QueueDepth(r.Context()); err == nil {
 		st.QueueDepth = d
 	}
-	ws, _ := c.Workloads(store.Filter{Limit: 1 << 30})
-	for _, wl := range ws {
-		st.Workloads[string(wl.Status)]++
-	}
-	sbs, _ := c.Sandboxes(store.SandboxFilter{Limit: 1 << 30})
-	for _, sb := range sbs {
-		st.Sandboxes[string(sb.State)]++
-	}
+	st.Workloads, st.Sandboxes = c.Counts()
 	writeJSON(w, http.StatusOK, st)
 }
 

@@ -1,26 +1,20 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/client"
 	"github.com/vulcanhq/vulcan/internal/cluster"
+	"github.com/vulcanhq/vulcan/internal/cluster/natsserver"
 	"github.com/vulcanhq/vulcan/internal/engine"
 )
 
@@ -38,62 +32,13 @@ const (
 	ClusterMinRate         = 100.0
 )
 
-// natsServer runs nats-server (VULCAN_NATS_SERVER or PATH) with JetStream on a free
-// loopback port under dir.
-type natsServer struct {
-	URL string
-	cmd *exec.Cmd
-}
-
-func natsPrereq() (string, string) {
-	bin := os.Getenv("VULCAN_NATS_SERVER")
-	if bin == "" {
-		p, err := exec.LookPath("nats-server")
-		if err != nil {
-			return "", "nats-server not found (set VULCAN_NATS_SERVER, or scripts/install-deps.sh --test builds it)"
-		}
-		bin = p
-	}
-	return bin, ""
-}
-
-func startNATS(ctx context.Context, bin, dir string) (*natsServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// startNATS runs a nats-server for one benchmark, its data under dir.
+func startNATS(ctx context.Context, bin, dir string) (*natsserver.Server, error) {
+	port, err := natsserver.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", dir)
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	n := &natsServer{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), cmd: cmd}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		nc, err := nats.Connect(n.URL, nats.Timeout(time.Second))
-		if err == nil {
-			nc.Close()
-			return n, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			n.Close()
-			return nil, fmt.Errorf("nats-server did not come up: %w", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (n *natsServer) Close() {
-	_ = n.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = n.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = n.cmd.Process.Kill()
-		<-done
-	}
+	return natsserver.Start(ctx, bin, dir, port, "")
 }
 
 func clusterCfg(url, id string) *cluster.Config {
@@ -103,9 +48,10 @@ func clusterCfg(url, id string) *cluster.Config {
 // ClusterExec is K1: two real sandbox nodes in a cluster; one sandbox on the owner;
 // exec timed through the owner and through the other node, interleaved.
 func ClusterExec(ctx context.Context, o Options) (_ Result, err error) {
-	bin, why := natsPrereq()
-	if why == "" {
-		why = sandboxPrereq(o)
+	bin, err := natsserver.Find()
+	why := sandboxPrereq(o)
+	if err != nil {
+		why = err.Error()
 	}
 	if why != "" {
 		return rowK1.Skipped(why), nil
@@ -119,7 +65,7 @@ func ClusterExec(ctx context.Context, o Options) (_ Result, err error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer ns.Close()
+	defer ns.Stop()
 	owner, err := startSandboxStack(ctx, o, 1, fastStart{cluster: clusterCfg(ns.URL, "k1-owner")})
 	if err != nil {
 		return Result{}, err
@@ -181,9 +127,9 @@ func ClusterExec(ctx context.Context, o Options) (_ Result, err error) {
 // says what the cluster's own path costs, not what more machines would add.
 func ClusterScaling(ctx context.Context, o Options) (_ []Result, err error) {
 	rows := []Row{rowK2a, rowK2b, rowK2c}
-	bin, why := natsPrereq()
-	if why != "" {
-		return []Result{rows[0].Skipped(why), rows[1].Skipped(why), rows[2].Skipped(why)}, nil
+	bin, err := natsserver.Find()
+	if err != nil {
+		return []Result{rows[0].Skipped(err.Error()), rows[1].Skipped(err.Error()), rows[2].Skipped(err.Error())}, nil
 	}
 	total := o.n(1500, 300)
 	var out []Result
@@ -218,7 +164,7 @@ func clusterRate(ctx context.Context, o Options, bin string, nodes, total int) (
 	if err != nil {
 		return 0, err
 	}
-	defer ns.Close()
+	defer ns.Stop()
 	var urls []string
 	for i := range nodes {
 		s, err := startStack(ctx, dir, &stubBackend{run: noop}, engine.Config{MaxConcurrent: 32, QueueSize: 64},
@@ -232,24 +178,7 @@ func clusterRate(ctx context.Context, o Options, bin string, nodes, total int) (
 	tr := &http.Transport{MaxIdleConnsPerHost: 64}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
-	body := []byte(`{"runtime":"python","code":"pass"}`)
-	post := func(url string) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/workloads", bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("POST /v1/workloads: status %d", resp.StatusCode)
-		}
-		return nil
-	}
+	post := func(url string) error { return postNoop(ctx, hc, url) }
 	for _, u := range urls { // warm: connections, the consumer, the stores
 		for range 4 {
 			if err := post(u); err != nil {

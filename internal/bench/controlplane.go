@@ -1,10 +1,8 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -40,24 +38,7 @@ func ControlPlane(ctx context.Context, o Options) ([]Result, error) {
 	tr := &http.Transport{MaxIdleConnsPerHost: 128}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
-	body := []byte(`{"runtime":"python","code":"pass"}`)
-	post := func() error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL+"/v1/workloads", bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("POST /v1/workloads: status %d", resp.StatusCode)
-		}
-		return err
-	}
+	post := func() error { return postNoop(ctx, hc, s.URL) }
 	job := backend.Job{WorkloadID: "bench", Spec: model.Spec{Runtime: model.RuntimePython, Code: "pass"}}
 	discard := backend.SinkFunc(func(model.Stream, string, bool) {})
 	// Warm both paths (connections, SQLite pages) before timing.

@@ -1,9 +1,11 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -118,3 +120,25 @@ func startStack(ctx context.Context, tmp string, b backend.Backend, cfg engine.C
 }
 
 func (s *stack) Close() { s.close() }
+
+// noopBody is P1's and K2's workload.
+var noopBody = []byte(`{"runtime":"python","code":"pass"}`)
+
+// postNoop runs one no-op workload synchronously through base's API.
+func postNoop(ctx context.Context, hc *http.Client, base string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/workloads", bytes.NewReader(noopBody))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("POST /v1/workloads: status %d", resp.StatusCode)
+	}
+	return err
+}

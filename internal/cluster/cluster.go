@@ -82,8 +82,6 @@ type Config struct {
 	NodeID string
 	// Advertise is the base URL other nodes reach this node's API at.
 	Advertise string
-	// Token is the API token, sent on the requests a node makes to another.
-	Token string
 	// Heartbeat is how often a node announces itself (default 1s); NodeTTL is how long
 	// an announcement keeps a node alive (default 5s).
 	Heartbeat, NodeTTL time.Duration
@@ -163,7 +161,7 @@ func (r *Record) Terminal() bool {
 	return true
 }
 
-// Model returns the record's workload (with its spec) or sandbox (with its spec).
+// model returns the record's workload (with its spec) or sandbox (with its spec).
 func (r *Record) model() (*model.Workload, *model.Sandbox) {
 	var w *model.Workload
 	var sb *model.Sandbox
@@ -229,6 +227,7 @@ type Node struct {
 	nodesKV jetstream.KeyValue
 	recKV   jetstream.KeyValue
 	specs   jetstream.ObjectStore
+	stream  jetstream.Stream
 	work    jetstream.Consumer
 
 	ctx        context.Context
@@ -310,6 +309,9 @@ func Join(ctx context.Context, cfg Config, deps Deps) (_ *Node, err error) {
 	case <-sctx.Done():
 		return nil, fmt.Errorf("cluster: loading the directory: %w", sctx.Err())
 	}
+	if err := n.claimID(sctx); err != nil {
+		return nil, err
+	}
 	if err := n.announce(sctx); err != nil {
 		return nil, fmt.Errorf("cluster: announce: %w", err)
 	}
@@ -388,7 +390,7 @@ func (n *Node) setup(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("cluster: object store %s: %w", SpecsBucket, err)
 	}
-	st, err := n.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	n.stream, err = n.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: WorkStream, Description: "Vulcan's one-shot workloads waiting for a node", Subjects: []string{workSubject},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Discard: jetstream.DiscardNew,
 		MaxMsgs: int64(n.cfg.QueueLimit), Duplicates: 2 * time.Minute,
@@ -396,7 +398,7 @@ func (n *Node) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster: stream %s: %w", WorkStream, err)
 	}
-	if n.work, err = st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	if n.work, err = n.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable: workConsumer, Description: "every node's runners", AckPolicy: jetstream.AckExplicitPolicy,
 		AckWait: n.cfg.AckWait, MaxAckPending: -1, MaxRequestBatch: 256,
 	}); err != nil {
@@ -434,8 +436,10 @@ func (n *Node) Close() {
 	}
 	n.mu.Lock()
 	for id, msg := range n.held {
-		// Not run here after all (shutdown before start): let another node take it.
-		_ = msg.Nak()
+		// Claimed but its result never stored (the shutdown deadline cancelled it before
+		// its end was written): it is never run again, so no other node may take it. The
+		// others reap its record once this node is gone.
+		_ = msg.Term()
 		delete(n.held, id)
 	}
 	n.mu.Unlock()
@@ -465,9 +469,6 @@ func (n *Node) settled() bool {
 
 // ID is this node's id.
 func (n *Node) ID() string { return n.cfg.NodeID }
-
-// Token is the API token nodes send one another.
-func (n *Node) Token() string { return n.cfg.Token }
 
 // Connected reports whether the node's NATS connection is up.
 func (n *Node) Connected() bool { return n.nc != nil && n.nc.IsConnected() }
@@ -596,6 +597,40 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
+// ErrNodeIDInUse is Join's answer when a live node already announces this node's id:
+// two processes under one id would take each other's records for a dead incarnation's.
+var ErrNodeIDInUse = errors.New("cluster: node id in use")
+
+// claimID makes sure no live node announces this id. A recent announcement (a crash a
+// moment ago, or another process) is watched until it either changes, which means a
+// live node holds the id, or ages past NodeTTL.
+func (n *Node) claimID(ctx context.Context) error {
+	e, err := n.nodesKV.Get(ctx, n.cfg.NodeID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: read the node id's announcement: %w", err)
+	}
+	deadline := e.Created().Add(n.cfg.NodeTTL)
+	for time.Now().Before(deadline) {
+		sleep(ctx, n.cfg.Heartbeat/4)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		now, err := n.nodesKV.Get(ctx, n.cfg.NodeID)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil // it left
+		}
+		if err == nil && now.Revision() != e.Revision() {
+			var info NodeInfo
+			_ = json.Unmarshal(now.Value(), &info)
+			return fmt.Errorf("%w: a live node announces %q (API %s); give this one another --node-id", ErrNodeIDInUse, n.cfg.NodeID, info.URL)
+		}
+	}
+	return nil
+}
+
 // announce writes this node's announcement.
 func (n *Node) announce(ctx context.Context) error {
 	info := NodeInfo{ID: n.cfg.NodeID, Incarnation: n.inc, URL: n.cfg.Advertise, Version: version.Version, StartedAt: n.born}
@@ -662,7 +697,7 @@ func (n *Node) nodesLocked() []NodeInfo {
 	return out
 }
 
-// aliveLocked returns the live incarnation of node id ("" when it is not alive).
+// aliveLocked returns node id's announcement while it is alive (this node's own, always).
 func (n *Node) aliveLocked(id string) (NodeInfo, bool) {
 	if id == n.cfg.NodeID {
 		return NodeInfo{ID: id, Incarnation: n.inc, URL: n.cfg.Advertise, Alive: true, Self: true}, true
@@ -681,7 +716,6 @@ type Location struct {
 	URL   string // the owner's API, when alive
 	Self  bool   // owned by this node
 	Alive bool   // the owner is alive (always true for Self)
-	Rec   *Record
 }
 
 // Locate says where a workload ("w") or sandbox ("s") lives. A miss in the watcher's
@@ -692,28 +726,20 @@ func (n *Node) Locate(ctx context.Context, kind, id string) Location {
 	n.mu.Lock()
 	c, ok := n.records[key]
 	n.mu.Unlock()
+	rec := c.rec
 	if !ok {
-		e, err := n.recKV.Get(ctx, key)
-		if err != nil {
+		var err error
+		if rec, _, err = n.get(ctx, key); err != nil {
 			return Location{}
 		}
-		var r Record
-		if json.Unmarshal(e.Value(), &r) != nil {
-			return Location{}
-		}
-		c = cached{rec: &r, rev: e.Revision()}
 	}
-	loc := Location{Known: true, Node: c.rec.Node, Rec: c.rec}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if c.rec.Node != "" {
-		info, alive := n.aliveLocked(c.rec.Node)
-		loc.Self = c.rec.Node == n.cfg.NodeID
-		loc.Alive = alive && (info.Incarnation == c.rec.Incarnation || c.rec.Incarnation == "")
-		if loc.Self {
-			loc.Alive = c.rec.Incarnation == n.inc || c.rec.Incarnation == ""
-		}
-		loc.URL = info.URL
+	loc := Location{Known: true, Node: rec.Node}
+	if rec.Node != "" {
+		n.mu.Lock()
+		info, alive := n.aliveLocked(rec.Node)
+		n.mu.Unlock()
+		loc.Self, loc.URL = rec.Node == n.cfg.NodeID, info.URL
+		loc.Alive = alive && (info.Incarnation == rec.Incarnation || rec.Incarnation == "")
 	}
 	return loc
 }
@@ -796,6 +822,22 @@ func (n *Node) Sandboxes(f store.SandboxFilter) ([]*model.Sandbox, bool) {
 	return out, false
 }
 
+// Counts counts the directory's workloads by status and sandboxes by state.
+func (n *Node) Counts() (workloads, sandboxes map[string]int) {
+	workloads, sandboxes = map[string]int{}, map[string]int{}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, c := range n.records {
+		switch r := c.rec; {
+		case r.Workload != nil:
+			workloads[string(r.Workload.Status)]++
+		case r.Sandbox != nil:
+			sandboxes[string(r.Sandbox.State)]++
+		}
+	}
+	return workloads, sandboxes
+}
+
 // Record returns the directory's record of a workload ("w") or sandbox ("s").
 func (n *Node) Record(kind, id string) (*model.Workload, *model.Sandbox, bool) {
 	n.mu.Lock()
@@ -808,7 +850,7 @@ func (n *Node) Record(kind, id string) (*model.Workload, *model.Sandbox, bool) {
 	return w, sb, true
 }
 
-// WaitFor blocks until cond holds for the record of key (or ctx ends), and returns it.
+// waitFor blocks until cond holds for the record of key (or ctx ends), and returns it.
 func (n *Node) waitFor(ctx context.Context, key string, cond func(*Record) bool) (*Record, error) {
 	for {
 		n.mu.Lock()

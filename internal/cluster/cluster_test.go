@@ -1,12 +1,19 @@
 package cluster_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -363,4 +370,119 @@ func TestClusterSurvivesNATSRestart(t *testing.T) {
 		_, s, ok := a.Cluster.Record("s", sb.ID)
 		return ok && s.State == model.SandboxKilled
 	})
+}
+
+// TestClusterBytesThroughNodes moves bytes through the cluster's two extra paths and
+// compares what arrived with what was sent: a workload's log stream followed through a
+// node that does not run it (from while it is queued to its end, random line counts),
+// and a spec too large for a NATS message (a 1.5 MB archive, queued in the object
+// store), whose archive the running node must receive byte for byte. A second process
+// under a live node's id is refused.
+func TestClusterBytesThroughNodes(t *testing.T) {
+	nats := clustertest.Start(t)
+	runner := startNode(t, nats.URL, "bytes-run", sandbox.Config{}, 1)
+	front := startNode(t, nats.URL, "bytes-front", sandbox.Config{}, 1)
+	// The front node takes no work: its one slot is held by a workload that waits for
+	// the test's end, so every workload after it runs on the runner.
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	front.fake.Run = func(ctx context.Context, job backend.Job, sink backend.Sink) (backend.Result, error) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return backend.Result{}, nil
+	}
+	runner.fake.Run = func(ctx context.Context, job backend.Job, sink backend.Sink) (backend.Result, error) {
+		if len(job.Spec.Archive) > 0 {
+			sum := sha256.Sum256(job.Spec.Archive)
+			sink.Line(model.Stdout, hex.EncodeToString(sum[:]))
+			return backend.Result{}, nil
+		}
+		n, _ := strconv.Atoi(strings.TrimPrefix(job.Spec.Code, "lines:"))
+		for i := range n {
+			sink.Line(model.Stdout, fmt.Sprintf("line %d of %d %s", i, n, strings.Repeat("x", i%97)))
+			if i%50 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		return backend.Result{}, nil
+	}
+	waitNodes(t, front, 2)
+	ctx := context.Background()
+	eventually(t, "the front's slot is taken", 20*time.Second, func() bool {
+		if front.Engine.Free() == 0 {
+			return true
+		}
+		if _, err := front.c.Submit(ctx, model.Spec{Runtime: model.RuntimePython, Code: "lines:0"}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		return front.Engine.Free() == 0
+	})
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	for round := range 4 {
+		n := 1 + rng.IntN(3000)
+		w, err := front.c.Submit(ctx, model.Spec{Runtime: model.RuntimePython, Code: fmt.Sprintf("lines:%d", n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		final, err := front.c.Follow(ctx, w.ID, func(l model.LogLine) { got = append(got, l.Text) })
+		if err != nil {
+			t.Fatalf("round %d: follow through the front: %v", round, err)
+		}
+		if ran := runner.fake.Executed(); ran[len(ran)-1] != w.ID {
+			t.Fatalf("round %d: the runner did not run %s", round, w.ID)
+		}
+		if final.Status != model.StatusCompleted || len(got) != n {
+			t.Fatalf("round %d: %s with %d lines followed, want completed with %d", round, final.Status, len(got), n)
+		}
+		for i, line := range got {
+			if want := fmt.Sprintf("line %d of %d %s", i, n, strings.Repeat("x", i%97)); line != want {
+				t.Fatalf("round %d: line %d is %q, want %q", round, i, line, want)
+			}
+		}
+	}
+
+	archive := randomArchive(t, rng, 1500<<10)
+	want := sha256.Sum256(archive)
+	w, err := front.c.Run(ctx, model.Spec{Runtime: model.RuntimePython, Archive: archive})
+	if err != nil || w.Status != model.StatusCompleted {
+		t.Fatalf("archive workload: %+v %v", w, err)
+	}
+	if strings.TrimSpace(w.Stdout) != hex.EncodeToString(want[:]) {
+		t.Fatalf("the running node got an archive hashing %q, want %x", w.Stdout, want)
+	}
+
+	_, err = cluster.Join(ctx, cluster.Config{URL: nats.URL, NodeID: "bytes-run", Advertise: "http://127.0.0.1:1",
+		Heartbeat: 200 * time.Millisecond, NodeTTL: time.Second}, cluster.Deps{})
+	if !errors.Is(err, cluster.ErrNodeIDInUse) {
+		t.Fatalf("a second node under a live id joined: %v", err)
+	}
+}
+
+// randomArchive is a tar.gz with main.py and size bytes of random (incompressible) data.
+func randomArchive(t *testing.T, rng *rand.Rand, size int) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	for _, f := range []struct {
+		name string
+		body []byte
+	}{{"main.py", []byte("print('hi')\n")}, {"blob.bin", data}} {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(f.body)
+	}
+	tw.Close()
+	gz.Close()
+	return buf.Bytes()
 }

@@ -107,14 +107,20 @@ func (n *Node) flushOutbox(timeout time.Duration) {
 // node was down.
 func (n *Node) sync(ctx context.Context) {
 	pushed := 0
-	ws, _, err := n.deps.Store.List(ctx, store.Filter{Limit: 1000})
-	if err != nil {
-		n.log.Warn("cluster: sync", "err", err)
-	}
-	for _, w := range ws {
-		if n.needsPush(workloadKey(w.ID)) {
-			n.WorkloadWritten(w)
-			pushed++
+	for offset := 0; ; offset += 1000 {
+		ws, _, err := n.deps.Store.List(ctx, store.Filter{Limit: 1000, Offset: offset})
+		if err != nil {
+			n.log.Warn("cluster: sync", "err", err)
+			break
+		}
+		for _, w := range ws {
+			if n.needsPush(workloadKey(w.ID)) {
+				n.WorkloadWritten(w)
+				pushed++
+			}
+		}
+		if len(ws) < 1000 {
+			break
 		}
 	}
 	var after string

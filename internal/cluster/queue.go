@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,9 +23,11 @@ type workMsg struct {
 	SpecObject bool        `json:"spec_object,omitempty"`
 }
 
-// Submit admits a workload to the cluster: validated here, recorded as pending with no
-// owner, published to the work queue. It returns the pending workload. A full queue is
-// engine.ErrBusy; nothing is left behind when it fails.
+// Submit admits a workload to the cluster: validated here, published to the work queue,
+// then recorded as pending with no owner. It returns the pending workload. A full queue
+// is engine.ErrBusy; nothing is left behind when it fails. The message goes first: a
+// submitter that dies between the two steps leaves a message without a record, which
+// the runners drop (take), never a record that no message will ever run.
 func (n *Node) Submit(ctx context.Context, spec model.Spec) (*model.Workload, error) {
 	if n.deps.Engine == nil {
 		return nil, errors.New("cluster: this node has no engine")
@@ -47,37 +48,39 @@ func (n *Node) Submit(ctx context.Context, spec model.Spec) (*model.Workload, er
 		return nil, err
 	}
 	if int64(len(body)) > n.nc.MaxPayload()-4096 {
-		if _, err := n.specs.Put(ctx, jetstream.ObjectMeta{Name: w.ID}, bytes.NewReader(mustJSON(spec))); err != nil {
+		// Too large for a message (an archive): the spec waits in the object store.
+		if _, err := n.specs.PutBytes(ctx, w.ID, body); err != nil {
 			return nil, fmt.Errorf("cluster: queue the spec: %w", err)
 		}
 		msg.Spec, msg.SpecObject = nil, true
-		body = mustJSON(msg)
+		if body, err = json.Marshal(msg); err != nil {
+			return nil, err
+		}
+	}
+	ack, err := n.js.Publish(ctx, workSubject, body, jetstream.WithMsgID(w.ID))
+	if err != nil {
+		n.dropSpec(msg)
+		return nil, fmt.Errorf("%w (the cluster's queue is full or unreachable: %v)", engine.ErrBusy, err)
 	}
 	if _, err := n.recKV.Create(ctx, key, rec); err != nil {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = n.stream.DeleteMsg(dctx, ack.Sequence)
+		cancel()
 		n.dropSpec(msg)
 		return nil, fmt.Errorf("cluster: record the workload: %w", err)
 	}
 	n.mu.Lock()
-	n.records[key] = cached{rec: workloadRecord(w)}
-	n.mu.Unlock()
-	if _, err := n.js.Publish(ctx, workSubject, body, jetstream.WithMsgID(w.ID)); err != nil {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = n.recKV.Purge(dctx, key)
-		cancel()
-		n.dropSpec(msg)
-		return nil, fmt.Errorf("%w (the cluster's queue is full or unreachable: %v)", engine.ErrBusy, err)
+	if _, ok := n.records[key]; !ok {
+		n.records[key] = cached{rec: workloadRecord(w)}
 	}
+	n.mu.Unlock()
 	n.m.queued.Inc()
 	return w, nil
 }
 
-func mustJSON(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
+// orphanAge is how old a work message without a record must be to be dropped: younger,
+// its submitter may still be writing the record.
+const orphanAge = 30 * time.Second
 
 func (n *Node) dropSpec(m workMsg) {
 	if !m.SpecObject {
@@ -184,7 +187,12 @@ func (n *Node) take(msg jetstream.Msg) {
 	r, rev, err := n.get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		_ = msg.Term() // purged: its submission failed
+		if meta, merr := msg.Metadata(); merr == nil && time.Since(meta.Timestamp) < orphanAge {
+			_ = msg.NakWithDelay(50 * time.Millisecond) // its record is being written
+			return
+		}
+		_ = msg.Term() // its submitter died before recording it, or the record failed
+		n.dropSpec(wm)
 		return
 	case err != nil:
 		_ = msg.NakWithDelay(time.Second)
@@ -203,12 +211,16 @@ func (n *Node) take(msg jetstream.Msg) {
 			_ = msg.NakWithDelay(time.Second)
 			return
 		}
-		spec = new(model.Spec)
-		if err := json.Unmarshal(b, spec); err != nil {
+		var whole workMsg
+		if err := json.Unmarshal(b, &whole); err != nil || whole.Spec == nil {
+			if err == nil {
+				err = errors.New("no spec in it")
+			}
 			n.failQueued(key, r, rev, "the queued spec is unreadable: "+err.Error())
 			_ = msg.Term()
 			return
 		}
+		spec = whole.Spec
 	}
 	if spec == nil {
 		n.failQueued(key, r, rev, "the queued message has no spec")

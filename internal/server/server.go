@@ -142,9 +142,6 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		if cc.Logger == nil {
 			cc.Logger = o.Logger
 		}
-		if cc.Token == "" {
-			cc.Token = o.API.Token
-		}
 		s.Cluster, err = cluster.Join(ctx, cc, cluster.Deps{Store: o.Store, Engine: s.Engine, Capacity: s.capacity(o)})
 		if err != nil {
 			return nil, err
@@ -215,10 +212,11 @@ func cancelled() context.Context {
 
 // capacity is what this node announces: its sandboxes' budgets and use, its free
 // workload slots, the templates it can boot (built-in images present, user templates
-// built here; looked up again every few seconds) and the warm ones.
+// built here) and the warm ones — those two read from disk, so every 5 s, not on every
+// heartbeat.
 func (s *Server) capacity(o Options) func() cluster.Capacity {
 	var mu sync.Mutex
-	var templates []string
+	var templates, warm []string
 	var at time.Time
 	slots := s.Engine.Config().MaxConcurrent
 	return func() cluster.Capacity {
@@ -244,12 +242,12 @@ func (s *Server) capacity(o Options) func() cluster.Capacity {
 					templates = append(templates, t.Name)
 				}
 			}
+			if o.Warm != nil {
+				warm = o.Warm()
+			}
 		}
-		c.Templates = slices.Clone(templates)
+		c.Templates, c.Warm = slices.Clone(templates), slices.Clone(warm)
 		mu.Unlock()
-		if o.Warm != nil {
-			c.Warm = o.Warm()
-		}
 		return c
 	}
 }

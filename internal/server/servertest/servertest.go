@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/vulcanhq/vulcan/internal/api"
@@ -30,6 +31,7 @@ type Stack struct {
 	TemplateDir string
 	Cluster     *cluster.Node // with Options.Cluster
 	srv         *server.Server
+	once        sync.Once
 }
 
 // Options shape a stack; the zero value is workloads only, on no backend.
@@ -106,13 +108,20 @@ func New(t testing.TB, o Options) *Stack {
 	}
 	hs.Config.Handler = srv.Handler()
 	hs.Start()
-	t.Cleanup(func() {
-		hs.CloseClientConnections()
-		hs.Close()
+	stack := &Stack{Server: hs, Store: st, Engine: srv.Engine, Sandboxes: srv.Sandboxes, TemplateDir: templateDir, Cluster: srv.Cluster, srv: srv}
+	t.Cleanup(stack.Shutdown)
+	return stack
+}
+
+// Shutdown stops the stack at once, as the test's end does: HTTP closed, the server
+// shut down with whatever still runs cancelled, the store closed. Idempotent.
+func (s *Stack) Shutdown() {
+	s.once.Do(func() {
+		s.CloseClientConnections()
+		s.Close()
 		ctx, cancel := context.WithCancel(context.Background())
-		cancel() // shut down at once: cancel whatever still runs
-		srv.Shutdown(ctx)
-		st.Close()
+		cancel()
+		s.srv.Shutdown(ctx)
+		s.Store.Close()
 	})
-	return &Stack{Server: hs, Store: st, Engine: srv.Engine, Sandboxes: srv.Sandboxes, TemplateDir: templateDir, Cluster: srv.Cluster, srv: srv}
 }

@@ -25,11 +25,13 @@ import (
 	"github.com/vulcanhq/vulcan/internal/client"
 	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/cluster/clustertest"
+	"github.com/vulcanhq/vulcan/internal/e2b/e2btest"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/sandbox/sandboxtest"
 	"github.com/vulcanhq/vulcan/internal/server/servertest"
+	"github.com/vulcanhq/vulcan/internal/store"
 )
 
 // node is one in-process cluster node: a whole server (fake workload backend, real
@@ -153,6 +155,14 @@ func TestClusterThreeNodes(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "hello-from-42") {
 		t.Fatalf("exec through C printed %q", out.String())
+	}
+	term, err := c.c.OpenTerminal(ctx, sb.ID, 80, 24, "echo pty-$((2+3))")
+	if err != nil {
+		t.Fatalf("terminal through C: %v", err)
+	}
+	var screen bytes.Buffer
+	if ex, err := term.Copy(ctx, &screen); err != nil || !strings.Contains(screen.String(), "pty-5") {
+		t.Fatalf("terminal through C: %+v %v, screen %q", ex, err, screen.String())
 	}
 	payload := bytes.Repeat([]byte("vulcan cluster "), 40_000) // 600 KB, through two proxies' worth of streaming
 	if _, err := c.c.WriteFile(ctx, sb.ID, "/tmp/blob", 0o644, bytes.NewReader(payload)); err != nil {
@@ -505,4 +515,23 @@ func randomArchive(t *testing.T, rng *rand.Rand, size int) []byte {
 	tw.Close()
 	gz.Close()
 	return buf.Bytes()
+}
+
+// TestClusterE2BSDK runs the official E2B SDK (JS, pinned) against a node that holds
+// none of the sandboxes: its creates are placed on the other node (more memory) and
+// every envd call (commands, files, watch) is forwarded there.
+func TestClusterE2BSDK(t *testing.T) {
+	nats := clustertest.Start(t)
+	front := startNode(t, nats.URL, "e2b-front", sandbox.Config{MemBudgetMB: 64}, 2)
+	owner := startNode(t, nats.URL, "e2b-owner", sandbox.Config{MemBudgetMB: 8192}, 2)
+	waitNodes(t, front, 2)
+	e2btest.RunSDK(t, "e2b", front.URL, "any-key", "python")
+	if front.Sandboxes.Load().Live != 0 {
+		t.Fatalf("the front node holds %d sandboxes", front.Sandboxes.Load().Live)
+	}
+	made, _, err := owner.Store.ListSandboxes(context.Background(), store.SandboxFilter{})
+	if err != nil || len(made) == 0 {
+		t.Fatalf("the owner made no sandboxes: %v", err)
+	}
+	t.Logf("the SDK's %d sandboxes all lived on the owner", len(made))
 }

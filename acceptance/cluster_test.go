@@ -107,3 +107,87 @@ func TestClusterOnRealVMs(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestClusterResumeAnywhere: a sandbox paused on B is stored in the cluster (its saved
+// VM in JetStream's object store); B is killed with -9; a resume through A takes the
+// sandbox over and runs it on A, with the bytes it held and its processes' files.
+func TestClusterResumeAnywhere(t *testing.T) {
+	requireVMs(t)
+	nats := clustertest.Start(t)
+	a := startServer(t, "", "VULCAN_NATS_URL="+nats.URL, "VULCAN_NODE_ID=node-x")
+	b := startServer(t, "", "VULCAN_NATS_URL="+nats.URL, "VULCAN_NODE_ID=node-b")
+	ctx := ctxFor(t, 5*time.Minute)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := a.c.ClusterStatus(ctx)
+		if err == nil && len(st.Nodes) == 2 && st.Nodes[0].Alive && st.Nodes[1].Alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the nodes did not see each other: %+v %v", st, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	sb, err := a.c.CreateSandbox(ctx, model.SandboxSpec{Template: model.RuntimePython, Resources: model.Resources{MemMB: 256}, TimeoutS: 900})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.leftovers()) == 0 {
+		t.Fatal("the sandbox did not land on B")
+	}
+	payload := make([]byte, 200_000)
+	rand.Read(payload)
+	if _, err := a.c.WriteFile(ctx, sb.ID, "/tmp/kept", 0o644, bytes.NewReader(payload)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.PauseSandbox(ctx, sb.ID); err != nil {
+		t.Fatalf("pause through A: %v", err)
+	}
+	deadline = time.Now().Add(2 * time.Minute)
+	for b.metric("vulcan_cluster_paused_stored_total") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("B never stored the saved VM in the cluster")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	b.crash()
+
+	// Resuming through A before the cluster has seen B go is served as B's (503); once
+	// B's announcement lapses, A takes the sandbox over.
+	var resumed *api.Sandbox
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		resumed, err = a.c.ResumeSandbox(ctx, sb.ID, 0)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("resume through A after B died: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if resumed.State != model.SandboxRunning {
+		t.Fatalf("resumed: %+v", resumed)
+	}
+	if len(a.leftovers()) == 0 {
+		t.Fatal("A runs no VM for the sandbox it resumed")
+	}
+	var back bytes.Buffer
+	if _, err := a.c.ReadFile(ctx, sb.ID, "/tmp/kept", &back); err != nil || !bytes.Equal(back.Bytes(), payload) {
+		t.Fatalf("the file after the resume on A: %d bytes, %v (want the %d written on B)", back.Len(), err, len(payload))
+	}
+	exit, err := a.c.Exec(ctx, sb.ID, api.ProcessRequest{Cmd: "true"}, nil)
+	if err != nil || exit.ExitCode == nil || *exit.ExitCode != 0 {
+		t.Fatalf("exec after the resume: %+v %v", exit, err)
+	}
+	if _, err := a.c.KillSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for len(a.leftovers()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("A left %v after the kill", a.leftovers())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -165,6 +165,8 @@ func (s *Server) clusterFront(next http.Handler) http.Handler {
 			s.forward(w, r, loc.URL)
 		case loc.Node == "":
 			s.queuedWorkload(w, r, id, rest, next)
+		case kind == "s" && isResume(r, rest):
+			s.adoptPaused(w, r, id, loc, next)
 		default:
 			s.lostRecord(w, r, kind, id, rest, loc)
 		}
@@ -235,6 +237,33 @@ func (s *Server) routeClaimed(w http.ResponseWriter, r *http.Request, id string,
 	default:
 		s.lostRecord(w, r, "w", id, "", loc)
 	}
+}
+
+// isResume reports whether r resumes a sandbox: Vulcan's resume, E2B's resume and
+// connect (which resumes a paused one).
+func isResume(r *http.Request, rest string) bool {
+	return r.Method == http.MethodPost && (rest == "resume" || rest == "connect" && e2b.IsControlPlane(r))
+}
+
+// adoptPaused resumes here a paused sandbox whose node is gone: this node claims it and
+// fetches its saved VM from the cluster (cluster.Node.ClaimPaused), stores it as its own
+// (sandbox.Service.Adopt), then serves the resume. A sandbox that cannot be taken over
+// (not paused, never stored) gets the lost-node answer.
+func (s *Server) adoptPaused(w http.ResponseWriter, r *http.Request, id string, loc cluster.Location, next http.Handler) {
+	if s.o.Sandboxes == nil || s.o.Sandboxes.PausedDir(id) == "" {
+		s.lostRecord(w, r, "s", id, "resume", loc)
+		return
+	}
+	sb, err := s.o.Cluster.ClaimPaused(r.Context(), id, s.o.Sandboxes.PausedDir(id))
+	if err != nil {
+		s.writeError(w, r, fmt.Errorf("%w: sandbox %s lived on node %s, which is gone, and cannot resume here: %v", errNodeLost, id, loc.Node, err))
+		return
+	}
+	if err := s.o.Sandboxes.Adopt(r.Context(), sb); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	next.ServeHTTP(w, r)
 }
 
 // lostRecord answers about a record whose node is gone: reads get the directory's copy

@@ -212,6 +212,9 @@ type Deps struct {
 	Store    *store.Store
 	Engine   *engine.Engine
 	Capacity func() Capacity
+	// PausedDir, when set, is where the sandbox service keeps a paused sandbox's saved
+	// VM: those are stored in the cluster so another node can resume them (paused.go).
+	PausedDir func(id string) string
 }
 
 // Node is this server's membership.
@@ -227,6 +230,7 @@ type Node struct {
 	nodesKV jetstream.KeyValue
 	recKV   jetstream.KeyValue
 	specs   jetstream.ObjectStore
+	paused  jetstream.ObjectStore // with Deps.PausedDir
 	stream  jetstream.Stream
 	work    jetstream.Consumer
 
@@ -246,6 +250,8 @@ type Node struct {
 	rewatch   chan struct{}
 	held      map[string]jetstream.Msg // claimed work messages, by workload id, until stored
 	slot      chan struct{}
+	// storedPaused are the sandboxes whose saved VM this node stored (or fetched).
+	storedPaused map[string]struct{}
 
 	m *metrics
 }
@@ -274,7 +280,7 @@ func Join(ctx context.Context, cfg Config, deps Deps) (_ *Node, err error) {
 	}
 	n := &Node{cfg: cfg, deps: deps, log: cfg.Logger.With("node", cfg.NodeID), inc: ulid.Make().String(), born: time.Now().UTC(),
 		nodes: map[string]*seenNode{}, records: map[string]cached{}, changed: make(chan struct{}),
-		outbox: map[string]*Record{}, kick: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), held: map[string]jetstream.Msg{}, slot: make(chan struct{}, 1),
+		outbox: map[string]*Record{}, kick: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), held: map[string]jetstream.Msg{}, slot: make(chan struct{}, 1), storedPaused: map[string]struct{}{},
 		m: newMetrics()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.takeCtx, n.stopTaking = context.WithCancel(n.ctx)
@@ -389,6 +395,13 @@ func (n *Node) setup(ctx context.Context) error {
 		Bucket: SpecsBucket, Description: "queued workload specs too large for a message", Storage: jetstream.FileStorage,
 	}); err != nil {
 		return fmt.Errorf("cluster: object store %s: %w", SpecsBucket, err)
+	}
+	if n.deps.PausedDir != nil {
+		if n.paused, err = n.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket: PausedBucket, Description: "paused sandboxes' saved VMs, to resume on any node", Storage: jetstream.FileStorage,
+		}); err != nil {
+			return fmt.Errorf("cluster: object store %s: %w", PausedBucket, err)
+		}
 	}
 	n.stream, err = n.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: WorkStream, Description: "Vulcan's one-shot workloads waiting for a node", Subjects: []string{workSubject},

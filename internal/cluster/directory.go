@@ -31,6 +31,7 @@ func (n *Node) SandboxWritten(sb *model.Sandbox) {
 	r := sandboxRecord(sb)
 	r.Node, r.Incarnation = n.cfg.NodeID, n.inc
 	n.queue(sandboxKey(sb.ID), r)
+	n.pausedChanged(sb)
 }
 
 // queue puts a record in the outbox (the latest write of a key wins) and wakes the
@@ -101,7 +102,7 @@ func (n *Node) flushOutbox(timeout time.Duration) {
 }
 
 // sync pushes what this node's store has that the directory lacks or holds as still
-// unfinished: results stored while NATS was away, and the store's own reconcile (the
+// unfinished here: results stored while NATS was away, and the store's own reconcile (the
 // workloads and sandboxes a crash ended) after a restart. Records the directory has as
 // ended stay as they are: they were ended there (for instance "node lost") while this
 // node was down.
@@ -150,7 +151,9 @@ func (n *Node) needsPush(key string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c, ok := n.records[key]
-	return !ok || !c.rec.Terminal()
+	// Another node's now (it took a paused sandbox over while this one was down): this
+	// store's copy is stale.
+	return !ok || !c.rec.Terminal() && c.rec.Node == n.cfg.NodeID
 }
 
 // reap ends the unfinished records of nodes that are gone: another node's whose

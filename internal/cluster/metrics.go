@@ -18,6 +18,7 @@ type metrics struct {
 	done          prometheus.Counter
 	reaped        *prometheus.CounterVec
 	outboxRetries prometheus.Counter
+	pausedStored  prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -41,13 +42,15 @@ func newMetrics() *metrics {
 			Help: "Records of dead nodes this node marked lost, by kind."}, []string{"kind"}),
 		outboxRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "vulcan_cluster_directory_write_retries_total",
 			Help: "Directory writes that failed (NATS away) and were retried."}),
+		pausedStored: prometheus.NewCounter(prometheus.CounterOpts{Name: "vulcan_cluster_paused_stored_total",
+			Help: "Paused sandboxes' saved VMs this node stored in the cluster's object store."}),
 	}
 }
 
 // Register adds the node's metrics to reg.
 func (n *Node) Register(reg prometheus.Registerer) error {
 	m := n.m
-	for _, c := range []prometheus.Collector{m.nodes, m.memFree, m.sandboxes, m.slotsFree, m.queueDepth, m.queued, m.claimed, m.done, m.reaped, m.outboxRetries} {
+	for _, c := range []prometheus.Collector{m.nodes, m.memFree, m.sandboxes, m.slotsFree, m.queueDepth, m.queued, m.claimed, m.done, m.reaped, m.outboxRetries, m.pausedStored} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -25,6 +25,45 @@ const pauseTimeout = 2 * time.Minute
 
 func (s *Service) pausedDir(id string) string { return filepath.Join(s.cfg.PausedDir, id) }
 
+// PausedDir is where a paused sandbox's saved VM lives ("" without pausing).
+func (s *Service) PausedDir(id string) string {
+	if s.cfg.PausedDir == "" {
+		return ""
+	}
+	return s.pausedDir(id)
+}
+
+// Adopt takes over a paused sandbox another server saved: sb (its record, paused) is
+// stored here and its saved VM must already be in PausedDir(sb.ID); Resume then runs it
+// here. A cluster node does this when the sandbox's own node is gone. Its environment
+// is not carried over (a server keeps a paused sandbox's env in memory only).
+func (s *Service) Adopt(ctx context.Context, sb *model.Sandbox) error {
+	if s.cfg.PausedDir == "" {
+		return fmt.Errorf("%w: pausing (no paused dir)", ErrUnsupported)
+	}
+	if sb.State != model.SandboxPaused {
+		return fmt.Errorf("%w (state %s)", ErrEnded, sb.State)
+	}
+	if !fileExists(filepath.Join(s.pausedDir(sb.ID), "paused.json")) {
+		return fmt.Errorf("sandbox %s: no saved VM in %s to adopt", sb.ID, s.pausedDir(sb.ID))
+	}
+	if s.lookup(sb.ID) != nil {
+		return fmt.Errorf("%w: sandbox %s is live here", ErrInvalid, sb.ID)
+	}
+	switch cur, err := s.st.GetSandbox(ctx, sb.ID); {
+	case err == nil && cur.State == model.SandboxPaused:
+		return nil // this server paused it (and came back): it is already here
+	case err == nil:
+		return fmt.Errorf("%w (state %s here)", ErrEnded, cur.State)
+	case !errors.Is(err, store.ErrSandboxNotFound):
+		return err
+	}
+	if err := s.st.CreateSandbox(ctx, sb); err != nil {
+		return fmt.Errorf("sandbox: adopt: %w", err)
+	}
+	return nil
+}
+
 // Pause saves a running sandbox and stops its VM. A pause that fails ends the sandbox as
 // failed (its VM has stopped part-way and cannot be trusted).
 func (s *Service) Pause(ctx context.Context, id string) (*model.Sandbox, error) {

@@ -142,7 +142,11 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		if cc.Logger == nil {
 			cc.Logger = o.Logger
 		}
-		s.Cluster, err = cluster.Join(ctx, cc, cluster.Deps{Store: o.Store, Engine: s.Engine, Capacity: s.capacity(o)})
+		deps := cluster.Deps{Store: o.Store, Engine: s.Engine, Capacity: s.capacity(o)}
+		if s.Sandboxes != nil && o.Sandbox.PausedDir != "" {
+			deps.PausedDir = s.Sandboxes.PausedDir
+		}
+		s.Cluster, err = cluster.Join(ctx, cc, deps)
 		if err != nil {
 			return nil, err
 		}

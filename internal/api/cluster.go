@@ -320,11 +320,11 @@ func (s *Server) placeSandbox(w http.ResponseWriter, r *http.Request, next http.
 	}
 	_ = json.Unmarshal(body, &req) // a bad body is the owner's to refuse
 	need := cluster.Need{Template: req.Template, MemMB: req.Resources.MemMB, CPUs: req.Resources.CPUs}
-	if need.Template == "" {
-		need.Template = e2b.TemplateName(req.TemplateID)
-	}
-	if need.Template == "" && req.TemplateID == "" {
-		need.Template = string(model.RuntimePython) // both APIs' default
+	switch {
+	case e2b.IsControlPlane(r):
+		need.Template = e2b.TemplateName(req.TemplateID) // E2B's default is base
+	case need.Template == "":
+		need.Template = string(model.RuntimePython) // Vulcan's default
 	}
 	nodes := s.o.Cluster.Place(need)
 	if len(nodes) == 0 && need.Template != "" && !s.o.Cluster.AnyHas(need.Template) {

@@ -25,6 +25,7 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/vulcanhq/vulcan/internal/cluster/clustertest"
 	"github.com/vulcanhq/vulcan/internal/testenv"
 	chromium "github.com/vulcanhq/vulcan/internal/testenv/browser"
 )
@@ -478,10 +479,20 @@ func (b *browser) fail(t *testing.T, err error) {
 
 // startServer builds vulcan and runs `vulcan serve` on a free loopback port with the
 // real images, returning its base URL.
-func startServer(t *testing.T, images string) string {
+// serverBin is vulcan, built once for the package's servers.
+var serverBin = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "vulcan-dash-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "vulcan")
+	return bin, testenv.GoBuild(bin, "github.com/vulcanhq/vulcan/cmd/vulcan")
+})
+
+func startServer(t *testing.T, images string, env ...string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "vulcan")
-	if err := testenv.GoBuild(bin, "github.com/vulcanhq/vulcan/cmd/vulcan"); err != nil {
+	bin, err := serverBin()
+	if err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -495,6 +506,7 @@ func startServer(t *testing.T, images string) string {
 	// Fast start off: the metrics case compares boot counts read at two moments, which
 	// a pool refilling in the background would move between them.
 	srv.Env = append(os.Environ(), "VULCAN_MAX_CONCURRENT=2", "VULCAN_API_TOKEN=", "VULCAN_POOL=off", "VULCAN_SNAPSHOTS=false")
+	srv.Env = append(srv.Env, env...)
 	var logs syncBuffer
 	srv.Stdout, srv.Stderr = &logs, &logs
 	if err := srv.Start(); err != nil {
@@ -654,4 +666,34 @@ func apiDelete(t *testing.T, url string) {
 	if resp, err := http.DefaultClient.Do(req); err == nil {
 		resp.Body.Close()
 	}
+}
+
+// TestDashboardNodesPage: the Nodes page of a cluster node lists both nodes of a
+// two-node cluster (a real nats-server), live, with this node marked; a single node's
+// page says it is not in a cluster.
+func TestDashboardNodesPage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers and a browser")
+	}
+	testenv.RequiresBinary(t, "chromium")
+	images := testenv.RequiresImages(t, "python")
+	nats := clustertest.Start(t)
+	a := startServer(t, images, "VULCAN_NATS_URL="+nats.URL, "VULCAN_NODE_ID=dash-a")
+	startServer(t, images, "VULCAN_NATS_URL="+nats.URL, "VULCAN_NODE_ID=dash-b")
+	single := startServer(t, images)
+	ctx := chromium.NewTab(t, 1440, 900, 2*time.Minute)
+	b := &browser{t: t, ctx: ctx, base: a, shots: artifactsDir(t)}
+
+	b.do(t, chromedp.Navigate(a+"/nodes"), chromedp.WaitVisible(chromedp.CSS(`#cluster-summary`)))
+	b.poll(t, `document.querySelectorAll('#nodes tr[data-node][data-alive="true"]').length === 2`)
+	if row := b.eval(t, `document.querySelector('#nodes tr[data-node="dash-a"]').innerText`); !strings.Contains(row, "this node") {
+		t.Errorf("dash-a's row does not mark it as this node: %q", row)
+	}
+	if sum := b.eval(t, `document.querySelector('#cluster-summary').textContent`); !strings.Contains(sum, "2 live nodes") {
+		t.Errorf("summary: %q", sum)
+	}
+	b.shot(t, "nodes")
+
+	b.do(t, chromedp.Navigate(single+"/nodes"))
+	b.poll(t, `/single node/.test(document.querySelector('#cluster-summary')?.textContent || '')`)
 }

@@ -144,6 +144,10 @@ func (s *Server) clusterFront(next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(NodeHeader, c.ID())
+		kind, id, rest, ok := clusterTarget(r)
+		if ok && kind == "w" {
+			c.WaitClaimed(r.Context(), id) // the directory may name this node a moment early
+		}
 		if r.Header.Get(cluster.ForwardedHeader) != "" {
 			next.ServeHTTP(w, r)
 			return
@@ -152,7 +156,6 @@ func (s *Server) clusterFront(next http.Handler) http.Handler {
 			s.placeSandbox(w, r, next)
 			return
 		}
-		kind, id, rest, ok := clusterTarget(r)
 		if !ok {
 			next.ServeHTTP(w, r)
 			return

@@ -249,7 +249,10 @@ type Node struct {
 	kick      chan struct{}
 	rewatch   chan struct{}
 	held      map[string]jetstream.Msg // claimed work messages, by workload id, until stored
-	slot      chan struct{}
+	// claiming holds a channel per workload this node has claimed in the directory but
+	// not yet put in its store; it closes once the store has it.
+	claiming map[string]chan struct{}
+	slot     chan struct{}
 	// storedPaused are the sandboxes whose saved VM this node stored (or fetched).
 	storedPaused map[string]struct{}
 
@@ -280,7 +283,7 @@ func Join(ctx context.Context, cfg Config, deps Deps) (_ *Node, err error) {
 	}
 	n := &Node{cfg: cfg, deps: deps, log: cfg.Logger.With("node", cfg.NodeID), inc: ulid.Make().String(), born: time.Now().UTC(),
 		nodes: map[string]*seenNode{}, records: map[string]cached{}, changed: make(chan struct{}),
-		outbox: map[string]*Record{}, kick: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), held: map[string]jetstream.Msg{}, slot: make(chan struct{}, 1), storedPaused: map[string]struct{}{},
+		outbox: map[string]*Record{}, kick: make(chan struct{}, 1), rewatch: make(chan struct{}, 1), held: map[string]jetstream.Msg{}, claiming: map[string]chan struct{}{}, slot: make(chan struct{}, 1), storedPaused: map[string]struct{}{},
 		m: newMetrics()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.takeCtx, n.stopTaking = context.WithCancel(n.ctx)
@@ -888,6 +891,22 @@ func (n *Node) WaitOwner(ctx context.Context, id string) (Location, error) {
 		return Location{}, err
 	}
 	return n.Locate(ctx, "w", id), nil
+}
+
+// WaitClaimed blocks while this node is between claiming workload id in the directory
+// and holding it in its store: a request the directory sent here in that moment would
+// otherwise find no such workload.
+func (n *Node) WaitClaimed(ctx context.Context, id string) {
+	n.mu.Lock()
+	ch := n.claiming[id]
+	n.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
 }
 
 // WaitDone blocks until a workload's record is final and returns where it is.

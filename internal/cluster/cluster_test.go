@@ -406,8 +406,10 @@ func TestClusterSurvivesNATSRestart(t *testing.T) {
 // compares what arrived with what was sent: a workload's log stream followed through a
 // node that does not run it (from while it is queued to its end, random line counts),
 // and a spec too large for a NATS message (a 1.5 MB archive, queued in the object
-// store), whose archive the running node must receive byte for byte. A second process
-// under a live node's id is refused.
+// store), whose archive the running node must receive byte for byte. The runner is slow
+// to store what it claims, so a follow forwarded the moment the directory names it
+// arrives before the store has the workload. A second process under a live node's id is
+// refused.
 func TestClusterBytesThroughNodes(t *testing.T) {
 	nats := clustertest.Start(t)
 	runner := startNode(t, nats.URL, "bytes-run", sandbox.Config{}, 1)
@@ -437,6 +439,10 @@ func TestClusterBytesThroughNodes(t *testing.T) {
 			}
 		}
 		return backend.Result{}, nil
+	}
+	runner.fake.Probe = func(context.Context) error {
+		time.Sleep(150 * time.Millisecond) // between the claim and the store
+		return nil
 	}
 	waitNodes(t, front, 2)
 	ctx := context.Background()

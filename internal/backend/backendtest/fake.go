@@ -18,6 +18,9 @@ type Fake struct {
 	NameValue string
 	// Unavailable, when non-nil, is returned by Available.
 	Unavailable error
+	// Probe, when non-nil, is what Available returns (a test can slow the resolve that
+	// comes before a workload is stored with it).
+	Probe func(context.Context) error
 	// Run replaces Execute's body.
 	Run func(ctx context.Context, job backend.Job, sink backend.Sink) (backend.Result, error)
 
@@ -43,7 +46,12 @@ func (f *Fake) Capabilities() backend.Capabilities {
 }
 
 // Available implements backend.Backend.
-func (f *Fake) Available(context.Context) error { return f.Unavailable }
+func (f *Fake) Available(ctx context.Context) error {
+	if f.Unavailable == nil && f.Probe != nil {
+		return f.Probe(ctx)
+	}
+	return f.Unavailable
+}
 
 // Execute implements backend.Backend.
 func (f *Fake) Execute(ctx context.Context, job backend.Job, sink backend.Sink) (backend.Result, error) {

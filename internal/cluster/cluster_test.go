@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/backend"
 	"github.com/vulcanhq/vulcan/internal/backend/backendtest"
@@ -110,7 +112,7 @@ func do(t *testing.T, method, url string, body any) (*http.Response, []byte) {
 }
 
 // TestClusterThreeNodes: a sandbox created through A is placed on B (the most room),
-// used through C (exec, files, list), killed through A; workloads submitted anywhere
+// used through C (exec, terminal, files, MCP, list), killed through A; workloads submitted anywhere
 // run once each, on whichever nodes have slots; no room anywhere is 429 with nothing
 // made.
 func TestClusterThreeNodes(t *testing.T) {
@@ -171,6 +173,25 @@ func TestClusterThreeNodes(t *testing.T) {
 	var got bytes.Buffer
 	if _, err := a.c.ReadFile(ctx, sb.ID, "/tmp/blob", &got); err != nil || !bytes.Equal(got.Bytes(), payload) {
 		t.Fatalf("read back through A: %d bytes, err %v (want %d identical)", got.Len(), err, len(payload))
+	}
+	// MCP through C, with the official MCP Go SDK: its tools reach the sandbox on B.
+	mc := mcp.NewClient(&mcp.Implementation{Name: "cluster-test", Version: "1"}, nil)
+	ms, err := mc.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: c.URL + "/mcp"}, nil)
+	if err != nil {
+		t.Fatalf("MCP through C: %v", err)
+	}
+	res, err := ms.CallTool(ctx, &mcp.CallToolParams{Name: "sandbox_exec", Arguments: map[string]any{"id": sb.ID, "cmd": "cat /tmp/blob | wc -c"}})
+	ms.Close()
+	if err != nil || res.IsError {
+		t.Fatalf("MCP sandbox_exec through C: %+v %v", res, err)
+	}
+	var mout struct {
+		ExitCode int    `json:"exit_code"`
+		Stdout   string `json:"stdout"`
+	}
+	if b, _ := json.Marshal(res.StructuredContent); json.Unmarshal(b, &mout) != nil || mout.ExitCode != 0 ||
+		strings.TrimSpace(mout.Stdout) != strconv.Itoa(len(payload)) {
+		t.Fatalf("MCP sandbox_exec through C: %+v, want %d bytes counted", mout, len(payload))
 	}
 	eventually(t, "C lists the sandbox", 5*time.Second, func() bool {
 		l, err := c.c.ListSandboxes(ctx, nil)

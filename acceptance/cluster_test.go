@@ -65,7 +65,7 @@ func TestClusterOnRealVMs(t *testing.T) {
 
 	var out strings.Builder
 	exit, err := c.c.Exec(ctx, sb.ID, api.ProcessRequest{Cmd: "uname -n; echo $((6*7))"}, func(e api.ProcessEvent) {
-		if e.Stream == "stdout" {
+		if e.Type == "stdout" || e.Stream == "stdout" {
 			out.WriteString(e.Data)
 		}
 	})
@@ -128,7 +128,8 @@ func TestClusterResumeAnywhere(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	sb, err := a.c.CreateSandbox(ctx, model.SandboxSpec{Template: model.RuntimePython, Resources: model.Resources{MemMB: 256}, TimeoutS: 900})
+	sb, err := a.c.CreateSandbox(ctx, model.SandboxSpec{Template: model.RuntimePython, Resources: model.Resources{MemMB: 256}, TimeoutS: 900,
+		Env: map[string]string{"VULCAN_KEPT": "set-on-b"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,9 +177,19 @@ func TestClusterResumeAnywhere(t *testing.T) {
 	if _, err := a.c.ReadFile(ctx, sb.ID, "/tmp/kept", &back); err != nil || !bytes.Equal(back.Bytes(), payload) {
 		t.Fatalf("the file after the resume on A: %d bytes, %v (want the %d written on B)", back.Len(), err, len(payload))
 	}
-	exit, err := a.c.Exec(ctx, sb.ID, api.ProcessRequest{Cmd: "true"}, nil)
+	// The sandbox's env lives in its guest (a default every process gets), so it comes
+	// along in the saved VM although A never knew it.
+	var out strings.Builder
+	exit, err := a.c.Exec(ctx, sb.ID, api.ProcessRequest{Cmd: "echo kept=$VULCAN_KEPT"}, func(e api.ProcessEvent) {
+		if e.Type == "stdout" || e.Stream == "stdout" {
+			out.WriteString(e.Data)
+		}
+	})
 	if err != nil || exit.ExitCode == nil || *exit.ExitCode != 0 {
 		t.Fatalf("exec after the resume: %+v %v", exit, err)
+	}
+	if got := strings.TrimSpace(out.String()); got != "kept=set-on-b" {
+		t.Fatalf("exec after the resume on A printed %q, want the env set at create (kept=set-on-b)", got)
 	}
 	if _, err := a.c.KillSandbox(ctx, sb.ID); err != nil {
 		t.Fatal(err)

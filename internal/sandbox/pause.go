@@ -35,8 +35,8 @@ func (s *Service) PausedDir(id string) string {
 
 // Adopt takes over a paused sandbox another server saved: sb (its record, paused) is
 // stored here and its saved VM must already be in PausedDir(sb.ID); Resume then runs it
-// here. A cluster node does this when the sandbox's own node is gone. Its environment
-// is not carried over (a server keeps a paused sandbox's env in memory only).
+// here. A cluster node does this when the sandbox's own node is gone. This server never
+// learns its env: the guest keeps it (resumed without one, it keeps its own).
 func (s *Service) Adopt(ctx context.Context, sb *model.Sandbox) error {
 	if s.cfg.PausedDir == "" {
 		return fmt.Errorf("%w: pausing (no paused dir)", ErrUnsupported)

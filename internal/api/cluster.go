@@ -176,6 +176,14 @@ func (s *Server) clusterFront(next http.Handler) http.Handler {
 	})
 }
 
+// landed holds a sandbox create's answer until the cluster's directory has the sandbox,
+// so a client that goes straight to another node finds it.
+func (s *Server) landed(ctx context.Context, id string) {
+	if s.o.Cluster != nil {
+		s.o.Cluster.Landed(ctx, "s", id)
+	}
+}
+
 // queuedWorkload answers about a workload no node has claimed yet: its record, an empty
 // log page, a kill; a log stream waits for a node to take it and follows it there.
 func (s *Server) queuedWorkload(w http.ResponseWriter, r *http.Request, id, rest string, next http.Handler) {

@@ -193,6 +193,7 @@ func (s *Server) sandboxCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	s.landed(r.Context(), sb.ID)
 	w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
 	writeJSON(w, http.StatusCreated, NewSandbox(sb))
 }

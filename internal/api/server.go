@@ -144,7 +144,7 @@ func New(o Options) (*Server, error) {
 		eo := e2b.Options{Sandboxes: o.Sandboxes, Token: o.Token, Logger: o.Logger,
 			OutputLimit: int64(cfg.OutputLimit), LineLimit: int64(cfg.OutputLineLimit)}
 		if o.Cluster != nil {
-			eo.List = s.listSandboxes
+			eo.List, eo.Created = s.listSandboxes, s.landed
 		}
 		s.e2b = e2b.New(eo)
 	}

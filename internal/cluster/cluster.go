@@ -909,6 +909,33 @@ func (n *Node) WaitClaimed(ctx context.Context, id string) {
 	}
 }
 
+// Landed blocks until the directory holds a record this node wrote (its watcher has
+// seen it come back from the bucket), for at most two seconds, and not at all while NATS
+// is away: a create answers only once every node can find what it made.
+func (n *Node) Landed(ctx context.Context, kind, id string) {
+	if !n.Connected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	key := kind + "." + id
+	for {
+		n.mu.Lock()
+		c, ok := n.records[key]
+		ch := n.changed
+		n.mu.Unlock()
+		if ok && c.rev > 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			n.log.Debug("cluster: a record not in the directory yet", "key", key)
+			return
+		}
+	}
+}
+
 // WaitDone blocks until a workload's record is final and returns where it is.
 func (n *Node) WaitDone(ctx context.Context, id string) (Location, error) {
 	if _, err := n.waitFor(ctx, workloadKey(id), (*Record).Terminal); err != nil {

@@ -141,6 +141,10 @@ func TestClusterThreeNodes(t *testing.T) {
 	if _, err := b.Sandboxes.Get(ctx, sb.ID); err != nil {
 		t.Fatalf("node B does not hold the sandbox: %v", err)
 	}
+	// A create answers once the directory has the sandbox: C finds it at once.
+	if loc := c.Cluster.Locate(ctx, "s", sb.ID); !loc.Known || loc.Node != "node-b" || !loc.Alive {
+		t.Fatalf("right after the create, C locates the sandbox as %+v", loc)
+	}
 	if _, err := a.Store.GetSandbox(ctx, sb.ID); err == nil {
 		t.Fatal("node A stored the sandbox it placed elsewhere")
 	}

@@ -339,6 +339,9 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "the sandbox did not start: %s", sb.Error)
 		return
 	}
+	if s.o.Created != nil {
+		s.o.Created(r.Context(), sb.ID)
+	}
 	writeJSON(w, http.StatusCreated, s.answer(sb))
 }
 

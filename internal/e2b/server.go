@@ -62,6 +62,9 @@ type Options struct {
 	// List, when set, lists sandboxes instead of Sandboxes.List (a cluster's nodes list
 	// the whole cluster).
 	List func(ctx context.Context, f store.SandboxFilter) ([]*model.Sandbox, bool, error)
+	// Created, when set, runs after a sandbox is made and before the answer leaves (a
+	// cluster node waits there until the directory has it).
+	Created func(ctx context.Context, id string)
 }
 
 func (s *Server) listSandboxes(ctx context.Context, f store.SandboxFilter) ([]*model.Sandbox, bool, error) {

@@ -1,10 +1,16 @@
+//go:build linux
+
 package acceptance
 
 import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,21 +18,39 @@ import (
 	"github.com/vulcanhq/vulcan/internal/api"
 	"github.com/vulcanhq/vulcan/internal/cluster/clustertest"
 	"github.com/vulcanhq/vulcan/internal/model"
+	"github.com/vulcanhq/vulcan/internal/network/nettest"
+	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
-// TestClusterOnRealVMs: three `vulcan serve --nats` processes on loopback (separate data
-// dirs) and a real nats-server. A sandbox created through A is placed on B (equal free
-// memory everywhere: the id breaks the tie, node-b before node-x and node-y), exec and
-// a file of random bytes go through C into B's real VM and back out through A, a
-// one-shot workload submitted through C runs in a real VM wherever the queue sends it,
-// `vulcan cluster status` shows the three, and the kill through A leaves nothing on B.
+// TestClusterOnRealVMs: three `vulcan serve --nats` processes (separate data dirs) and a
+// real nats-server, all on the loopback of a "host" network namespace this test made;
+// each node's bridge and its VMs' namespaces live there too, on a subnet of its own. A
+// sandbox created through A is placed on B (equal free memory everywhere: the id breaks
+// the tie, node-b before node-x and node-y), with network "host"; exec and a file of
+// random bytes go through C into B's real VM and back out through A, and the guest
+// fetches a page from its gateway (B's bridge, in the test's namespace); a one-shot
+// workload submitted through C runs in a real VM wherever the queue sends it; `vulcan
+// cluster status` shows the three; the kill through A leaves nothing on B, its VM's
+// namespace included.
 func TestClusterOnRealVMs(t *testing.T) {
 	requireVMs(t)
-	nats := clustertest.Start(t)
-	node := func(id string) *server {
-		return startServer(t, "", "VULCAN_NATS_URL="+nats.URL, "VULCAN_NODE_ID="+id)
+	testenv.RequiresRoot(t)
+	testenv.RequiresBinary(t, "nsenter")
+	host := nettest.HostNS(t)
+	dial := nettest.Dialer(host)
+	const token = "the-test-namespace-answers"
+	ln := nettest.Listen(t, host, "0.0.0.0:0")
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, token) }))
+	port := ln.Addr().(*net.TCPAddr).Port
+	nats := clustertest.StartIn(t, host, dial)
+	plugins := nettest.PluginDir(t)
+	node := func(id string, subnet int) *server {
+		s := startServerIn(t, host, "", "VULCAN_NATS_URL="+nats.URL, "VULCAN_NODE_ID="+id, "VULCAN_CNI_BIN_DIR="+plugins,
+			fmt.Sprintf("VULCAN_NETWORK_SUBNET=10.213.%d.0/24", subnet), fmt.Sprintf("VULCAN_NETWORK_SERVICES=tcp/%d", port))
+		s.dialIn(dial)
+		return s
 	}
-	a, b, c := node("node-x"), node("node-b"), node("node-y")
+	a, b, c := node("node-x", 101), node("node-b", 102), node("node-y", 103)
 	ctx := ctxFor(t, 5*time.Minute)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -41,9 +65,9 @@ func TestClusterOnRealVMs(t *testing.T) {
 	}
 
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, a.url+"/v1/sandboxes",
-		strings.NewReader(`{"template":"python","resources":{"mem_mb":256}}`))
+		strings.NewReader(`{"template":"python","resources":{"mem_mb":256},"network":"host"}`))
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := a.http().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +85,9 @@ func TestClusterOnRealVMs(t *testing.T) {
 	}
 	if left := a.leftovers(); len(left) != 0 {
 		t.Fatalf("node A runs VMs for a sandbox placed elsewhere: %v", left)
+	}
+	if ns := vmNamespaces(sb.ID); len(ns) != 1 {
+		t.Fatalf("the sandbox's VM namespaces: %v, want one", ns)
 	}
 
 	var out strings.Builder
@@ -80,6 +107,21 @@ func TestClusterOnRealVMs(t *testing.T) {
 	var back bytes.Buffer
 	if _, err := a.c.ReadFile(ctx, sb.ID, "/tmp/payload", &back); err != nil || !bytes.Equal(back.Bytes(), payload) {
 		t.Fatalf("read back through A: %d bytes, %v (want the %d written)", back.Len(), err, len(payload))
+	}
+
+	// The guest's network: its gateway is B's bridge, in the test's namespace.
+	fetch := strings.Replace(guestFetch, "PORT", strconv.Itoa(port), 1)
+	if _, err := c.c.WriteFile(ctx, sb.ID, "/tmp/fetch.py", 0o644, strings.NewReader(fetch)); err != nil {
+		t.Fatalf("write through C: %v", err)
+	}
+	out.Reset()
+	exit, err = c.c.Exec(ctx, sb.ID, api.ProcessRequest{Cmd: "python3 /tmp/fetch.py"}, func(e api.ProcessEvent) {
+		if e.Type == "stdout" || e.Stream == "stdout" || e.Type == "stderr" || e.Stream == "stderr" {
+			out.WriteString(e.Data)
+		}
+	})
+	if err != nil || exit.ExitCode == nil || *exit.ExitCode != 0 || strings.TrimSpace(out.String()) != token {
+		t.Fatalf("the guest's fetch from its gateway, through C: %+v %v %q", exit, err, out.String())
 	}
 
 	w, err := c.c.Run(ctx, model.Spec{Runtime: model.RuntimePython, Code: "print(sum(range(10)))"})
@@ -106,6 +148,21 @@ func TestClusterOnRealVMs(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if ns := vmNamespaces(sb.ID); len(ns) != 0 {
+		t.Fatalf("the sandbox's VM namespaces after the kill: %v", ns)
+	}
+}
+
+// vmNamespaces are the named network namespaces for VMs of id.
+func vmNamespaces(id string) []string {
+	var out []string
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.Contains(strings.ToLower(e.Name()), strings.ToLower(id)) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }
 
 // TestClusterResumeAnywhere: a sandbox paused on B is stored in the cluster (its saved

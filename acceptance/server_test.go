@@ -64,6 +64,22 @@ type server struct {
 	logs    *bytes.Buffer
 	c       *client.Client
 	netns   string // the server's network namespace, "" = the test's
+	hc      *http.Client
+}
+
+// dialIn makes the test's own calls to the server (its client, metric) dial inside the
+// server's namespace with dial.
+func (s *server) dialIn(dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	s.hc = &http.Client{Transport: &http.Transport{DialContext: dial}}
+	s.c = client.NewHTTP(s.url, "", s.hc)
+}
+
+// http is the HTTP client that reaches the server.
+func (s *server) http() *http.Client {
+	if s.hc != nil {
+		return s.hc
+	}
+	return http.DefaultClient
 }
 
 // command is the vulcan binary with args, in the server's namespace.
@@ -229,7 +245,7 @@ func (s *server) leftovers() []string {
 // given label fragment.
 func (s *server) metric(name string, labels ...string) float64 {
 	s.t.Helper()
-	resp, err := http.Get(s.url + "/metrics")
+	resp, err := s.http().Get(s.url + "/metrics")
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func startNATS(ctx context.Context, bin, dir string) (*natsserver.Server, error)
 	if err != nil {
 		return nil, err
 	}
-	return natsserver.Start(ctx, bin, dir, port, "")
+	return natsserver.Start(ctx, bin, dir, port, natsserver.Options{})
 }
 
 func clusterCfg(url, id string) *cluster.Config {

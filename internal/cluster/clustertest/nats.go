@@ -4,6 +4,7 @@ package clustertest
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -19,6 +20,9 @@ type NATS struct {
 	port int
 	dir  string
 	srv  *natsserver.Server
+
+	netns string
+	dial  func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Binary finds nats-server, or skips (fails under CI) saying how to get it.
@@ -37,11 +41,18 @@ func Binary(t testing.TB) string {
 // Start runs a nats-server for the test, stopped when it ends.
 func Start(t testing.TB) *NATS {
 	t.Helper()
+	return StartIn(t, "", nil)
+}
+
+// StartIn runs it inside the network namespace at netns (its URL's loopback is that
+// namespace's), where dial reaches it ("" and nil: this namespace).
+func StartIn(t testing.TB, netns string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *NATS {
+	t.Helper()
 	port, err := natsserver.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &NATS{t: t, bin: Binary(t), dir: t.TempDir(), port: port}
+	n := &NATS{t: t, bin: Binary(t), dir: t.TempDir(), port: port, netns: netns, dial: dial}
 	n.start()
 	n.URL = n.srv.URL
 	t.Cleanup(n.Stop)
@@ -54,7 +65,7 @@ func (n *NATS) start() {
 	if testing.Verbose() {
 		log = filepath.Join(n.dir, "nats.log")
 	}
-	srv, err := natsserver.Start(context.Background(), n.bin, n.dir, n.port, log)
+	srv, err := natsserver.Start(context.Background(), n.bin, n.dir, n.port, natsserver.Options{Log: log, NetNS: n.netns, Dial: n.dial})
 	if err != nil {
 		n.t.Fatal(err)
 	}

@@ -46,20 +46,45 @@ type Server struct {
 	cmd *exec.Cmd
 }
 
-// Start runs bin on 127.0.0.1:port with JetStream storing in dir (log, when set, gets
-// its log file) and waits until it answers JetStream requests.
-func Start(ctx context.Context, bin, dir string, port int, log string) (*Server, error) {
+// Options are Start's optional settings.
+type Options struct {
+	Log string // the log file (default: none)
+	// NetNS, when set, runs the server inside that network namespace (nsenter), where
+	// Dial must reach it.
+	NetNS string
+	Dial  func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// dialer adapts a dial function to the NATS client's.
+type dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+
+func (d dialer) Dial(network, addr string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return d(ctx, network, addr)
+}
+
+// Start runs bin on 127.0.0.1:port with JetStream storing in dir and waits until it
+// answers JetStream requests.
+func Start(ctx context.Context, bin, dir string, port int, o Options) (*Server, error) {
 	args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", dir}
-	if log != "" {
-		args = append(args, "-l", log)
+	if o.Log != "" {
+		args = append(args, "-l", o.Log)
 	}
 	s := &Server{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), cmd: exec.Command(bin, args...)}
+	if o.NetNS != "" {
+		s.cmd = exec.Command("nsenter", append([]string{"--net=" + o.NetNS, "--", bin}, args...)...)
+	}
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}
+	opts := []nats.Option{nats.Timeout(time.Second)}
+	if o.Dial != nil {
+		opts = append(opts, nats.SetCustomDialer(dialer(o.Dial)))
+	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		nc, err := nats.Connect(s.URL, nats.Timeout(time.Second))
+		nc, err := nats.Connect(s.URL, opts...)
 		if err == nil {
 			_, err = nc.JetStream()
 			nc.Close()

@@ -6,6 +6,7 @@
 package nettest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -156,6 +157,20 @@ func Listen(t testing.TB, path, addr string) net.Listener {
 	})
 	t.Cleanup(func() { ln.Close() })
 	return ln
+}
+
+// Dialer dials TCP inside the namespace at path: the socket is made there (a thread
+// entered for the moment), so the connection reaches that namespace's addresses, its
+// loopback included, from anywhere in the test.
+func Dialer(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.WithNetNSPath(path, func(ns.NetNS) (err error) {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
 }
 
 var (

@@ -46,7 +46,7 @@ func benchCommand() *cobra.Command {
 			"  F5 pause and resume of a 256 MiB and a 1 GiB sandbox, 40% of RAM filled\n" +
 			"  C1 runCode('1+1') in a warm code-interpreter context through E2B's port route vs the kernel's own time (target ≤ 10 ms)\n" +
 			"  C2 create a code-interpreter sandbox → first result, restored from its snapshot vs cold\n" +
-			"  K1 exec through a cluster node that does not own the sandbox vs through its owner (target ≤ 2 ms; needs nats-server)\n" +
+			"  K1 exec (K1a) and a GET (K1b, the hop alone) through a cluster node that does not own the sandbox vs through its owner (target ≤ 2 ms; needs nats-server)\n" +
 			"  K2 sync no-op workloads/s through the cluster's queue with 1, 2 and 3 nodes on a stub backend (needs nats-server)\n" +
 			"S1–S3, E1, F1–F5, C1–C2 and K1 boot real sandboxes (need qemu and `make images`) and stop every one after.\n" +
 			"Misses are reported, not errors; the command fails only when a measurement fails.",

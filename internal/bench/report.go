@@ -89,7 +89,7 @@ var All = []Benchmark{
 	{"F5", "pause and resume, 256 MiB and 1 GiB", PauseResume},
 	{"C1", "runCode('1+1') through the E2B route vs the kernel's time", one(CellOverhead)},
 	{"C2", "create code-interpreter → first result, restored vs cold", one(FirstResult)},
-	{"K1", "exec through a non-owner node vs the owner", one(ClusterExec)},
+	{"K1", "exec and a call through a non-owner node vs the owner", ClusterExec},
 	{"K2", "no-op workloads/s with 1, 2, 3 nodes", ClusterScaling},
 }
 

@@ -127,7 +127,7 @@ func TestOptionsSamples(t *testing.T) {
 	}
 }
 
-// Without QEMU or images, S1–S3, E1, F1–F5, C1–C2 and K1 are skip rows that say why, and boot
+// Without QEMU or images, S1–S3, E1, F1–F5, C1–C2 and K1a–K1b are skip rows that say why, and boot
 // nothing.
 func TestSandboxBenchmarksSkip(t *testing.T) {
 	for _, o := range []Options{
@@ -135,7 +135,7 @@ func TestSandboxBenchmarksSkip(t *testing.T) {
 		{QEMUBin: "/bin/true", ImagesDir: t.TempDir()},
 	} {
 		rs := Run(context.Background(), o, All[5:len(All)-1]) // K2 runs without VMs
-		ids := []string{"S1", "S2a", "S2b", "S3", "E1", "F1", "F2", "F3", "F4", "F5a", "F5b", "F5c", "F5d", "C1", "C2", "K1"}
+		ids := []string{"S1", "S2a", "S2b", "S3", "E1", "F1", "F2", "F3", "F4", "F5a", "F5b", "F5c", "F5d", "C1", "C2", "K1a", "K1b"}
 		if len(rs) != len(ids) {
 			t.Fatalf("results %+v", rs)
 		}

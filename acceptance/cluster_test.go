@@ -4,8 +4,10 @@ package acceptance
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vulcanhq/vulcan/internal/api"
+	"github.com/vulcanhq/vulcan/internal/client"
 	"github.com/vulcanhq/vulcan/internal/cluster/clustertest"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/network/nettest"
@@ -167,7 +170,8 @@ func vmNamespaces(id string) []string {
 
 // TestClusterResumeAnywhere: a sandbox paused on B is stored in the cluster (its saved
 // VM in JetStream's object store); B is killed with -9; a resume through A takes the
-// sandbox over and runs it on A, with the bytes it held and its processes' files.
+// sandbox over and runs it on A, with the bytes it held and the env it was created with;
+// a reader polling it through A meanwhile never gets "not found".
 func TestClusterResumeAnywhere(t *testing.T) {
 	requireVMs(t)
 	nats := clustertest.Start(t)
@@ -210,6 +214,26 @@ func TestClusterResumeAnywhere(t *testing.T) {
 	}
 	b.crash()
 
+	// Meanwhile a reader polls the sandbox through A: it is never "not found", not even
+	// while A has claimed it in the directory and is still fetching its saved VM.
+	pollCtx, stopPoll := context.WithCancel(ctx)
+	polled := make(chan error, 1)
+	go func() {
+		n := 0
+		for pollCtx.Err() == nil {
+			if _, err := a.c.GetSandbox(pollCtx, sb.ID); err != nil && pollCtx.Err() == nil {
+				var apiErr *client.Error
+				if errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound {
+					polled <- fmt.Errorf("GET %d: %v", n, err)
+					return
+				}
+			}
+			n++
+			time.Sleep(20 * time.Millisecond)
+		}
+		polled <- nil
+	}()
+
 	// Resuming through A before the cluster has seen B go is served as B's (503); once
 	// B's announcement lapses, A takes the sandbox over.
 	var resumed *api.Sandbox
@@ -223,6 +247,10 @@ func TestClusterResumeAnywhere(t *testing.T) {
 			t.Fatalf("resume through A after B died: %v", err)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+	stopPoll()
+	if err := <-polled; err != nil {
+		t.Fatalf("the sandbox through A during the takeover: %v", err)
 	}
 	if resumed.State != model.SandboxRunning {
 		t.Fatalf("resumed: %+v", resumed)

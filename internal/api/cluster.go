@@ -145,8 +145,8 @@ func (s *Server) clusterFront(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(NodeHeader, c.ID())
 		kind, id, rest, ok := clusterTarget(r)
-		if ok && kind == "w" {
-			c.WaitClaimed(r.Context(), id) // the directory may name this node a moment early
+		if ok {
+			c.WaitClaimed(r.Context(), kind, id) // the directory may name this node a moment early
 		}
 		if r.Header.Get(cluster.ForwardedHeader) != "" {
 			next.ServeHTTP(w, r)
@@ -265,12 +265,12 @@ func (s *Server) adoptPaused(w http.ResponseWriter, r *http.Request, id string, 
 		s.lostRecord(w, r, "s", id, "resume", loc)
 		return
 	}
-	sb, err := s.o.Cluster.ClaimPaused(r.Context(), id, s.o.Sandboxes.PausedDir(id))
-	if err != nil {
+	err := s.o.Cluster.ClaimPaused(r.Context(), id, s.o.Sandboxes.PausedDir(id), s.o.Sandboxes.Adopt)
+	switch {
+	case errors.Is(err, cluster.ErrNotAdoptable):
 		s.writeError(w, r, fmt.Errorf("%w: sandbox %s lived on node %s, which is gone, and cannot resume here: %v", errNodeLost, id, loc.Node, err))
 		return
-	}
-	if err := s.o.Sandboxes.Adopt(r.Context(), sb); err != nil {
+	case err != nil:
 		s.writeError(w, r, err)
 		return
 	}

@@ -249,8 +249,9 @@ type Node struct {
 	kick      chan struct{}
 	rewatch   chan struct{}
 	held      map[string]jetstream.Msg // claimed work messages, by workload id, until stored
-	// claiming holds a channel per workload this node has claimed in the directory but
-	// not yet put in its store; it closes once the store has it.
+	// claiming holds a channel per record (by key) this node has claimed in the
+	// directory but not yet put in its store (a queued workload, a paused sandbox it
+	// adopts); it closes once the store has it.
 	claiming map[string]chan struct{}
 	slot     chan struct{}
 	// storedPaused are the sandboxes whose saved VM this node stored (or fetched).
@@ -893,12 +894,12 @@ func (n *Node) WaitOwner(ctx context.Context, id string) (Location, error) {
 	return n.Locate(ctx, "w", id), nil
 }
 
-// WaitClaimed blocks while this node is between claiming workload id in the directory
-// and holding it in its store: a request the directory sent here in that moment would
-// otherwise find no such workload.
-func (n *Node) WaitClaimed(ctx context.Context, id string) {
+// WaitClaimed blocks while this node is between claiming a workload ("w") or sandbox
+// ("s") in the directory and holding it in its store: a request the directory sent here
+// in that moment would otherwise find no such thing.
+func (n *Node) WaitClaimed(ctx context.Context, kind, id string) {
 	n.mu.Lock()
-	ch := n.claiming[id]
+	ch := n.claiming[kind+"."+id]
 	n.mu.Unlock()
 	if ch == nil {
 		return
@@ -906,6 +907,20 @@ func (n *Node) WaitClaimed(ctx context.Context, id string) {
 	select {
 	case <-ch:
 	case <-ctx.Done():
+	}
+}
+
+// claim marks key as being claimed here until the returned func runs.
+func (n *Node) claim(key string) (settled func()) {
+	ch := make(chan struct{})
+	n.mu.Lock()
+	n.claiming[key] = ch
+	n.mu.Unlock()
+	return func() {
+		n.mu.Lock()
+		delete(n.claiming, key)
+		n.mu.Unlock()
+		close(ch)
 	}
 }
 

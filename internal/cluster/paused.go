@@ -103,31 +103,34 @@ func (n *Node) storePaused(id, dir string) error {
 }
 
 // ClaimPaused makes this node the owner of a paused sandbox whose node is gone, if its
-// saved VM is in the cluster, and fetches that into dir. It returns the sandbox to adopt.
-// On any failure the claim is undone.
-func (n *Node) ClaimPaused(ctx context.Context, id, dir string) (*model.Sandbox, error) {
+// saved VM is in the cluster, fetches that into dir and hands the sandbox to adopt (which
+// stores it here). Until adopt returns, requests the directory sends here for it wait
+// (WaitClaimed). On any failure the claim is undone; a failure before adopt is
+// ErrNotAdoptable, adopt's own error comes back as it is.
+func (n *Node) ClaimPaused(ctx context.Context, id, dir string, adopt func(context.Context, *model.Sandbox) error) error {
 	if n.paused == nil {
-		return nil, fmt.Errorf("%w: this node keeps no paused sandboxes", ErrNotAdoptable)
+		return fmt.Errorf("%w: this node keeps no paused sandboxes", ErrNotAdoptable)
 	}
 	key := sandboxKey(id)
 	r, rev, err := n.get(ctx, key)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("%w: %v", ErrNotAdoptable, err)
 	}
 	if loc := n.Locate(ctx, "s", id); r.Sandbox == nil || r.Sandbox.State != model.SandboxPaused || loc.Alive && !loc.Self {
-		return nil, fmt.Errorf("%w: it is not a paused sandbox of a node that is gone", ErrNotAdoptable)
+		return fmt.Errorf("%w: it is not a paused sandbox of a node that is gone", ErrNotAdoptable)
 	}
 	info, err := n.paused.GetInfo(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("%w: its saved VM did not reach the cluster before its node %s went away (%v)", ErrNotAdoptable, r.Node, err)
+		return fmt.Errorf("%w: its saved VM did not reach the cluster before its node %s went away (%v)", ErrNotAdoptable, r.Node, err)
 	}
 	if info.Size > maxPausedBytes {
-		return nil, fmt.Errorf("%w: its saved VM is %d bytes, over %d", ErrNotAdoptable, info.Size, int64(maxPausedBytes))
+		return fmt.Errorf("%w: its saved VM is %d bytes, over %d", ErrNotAdoptable, info.Size, int64(maxPausedBytes))
 	}
+	defer n.claim(key)()
 	claimed := *r
 	claimed.Node, claimed.Incarnation = n.cfg.NodeID, n.inc
 	if err := n.update(key, &claimed, rev); err != nil {
-		return nil, fmt.Errorf("%w: another node is taking it over (%v)", ErrNotAdoptable, err)
+		return fmt.Errorf("%w: another node is taking it over (%v)", ErrNotAdoptable, err)
 	}
 	undo := func() {
 		if cur, crev, err := n.get(context.WithoutCancel(ctx), key); err == nil && cur.Node == n.cfg.NodeID {
@@ -136,13 +139,18 @@ func (n *Node) ClaimPaused(ctx context.Context, id, dir string) (*model.Sandbox,
 	}
 	if err := n.fetchPaused(ctx, id, dir); err != nil {
 		undo()
-		return nil, err
+		return fmt.Errorf("%w: fetching its saved VM: %v", ErrNotAdoptable, err)
 	}
 	_, sb := r.model()
+	if err := adopt(ctx, sb); err != nil {
+		undo()
+		_ = os.RemoveAll(dir)
+		return err
+	}
 	n.mu.Lock()
 	n.storedPaused[id] = struct{}{} // dropped from the store once it runs
 	n.mu.Unlock()
-	return sb, nil
+	return nil
 }
 
 // fetchPaused unpacks the stored saved VM of id into dir (made fresh), keeping holes.

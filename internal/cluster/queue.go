@@ -229,16 +229,7 @@ func (n *Node) take(msg jetstream.Msg) {
 	}
 	claimed := *r
 	claimed.Node, claimed.Incarnation = n.cfg.NodeID, n.inc
-	settled := make(chan struct{})
-	n.mu.Lock()
-	n.claiming[wm.ID] = settled
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		delete(n.claiming, wm.ID)
-		n.mu.Unlock()
-		close(settled)
-	}()
+	defer n.claim(key)()
 	if err := n.update(key, &claimed, rev); err != nil {
 		if errors.Is(err, errConflict) {
 			_ = msg.Ack() // another node claimed it, or it was killed

@@ -105,15 +105,23 @@ func ClusterExec(ctx context.Context, o Options) (_ []Result, err error) {
 			return nil, fmt.Errorf("through the other node: %w", err)
 		}
 	}
+	// interleaved times call n times through each node in turn.
+	interleaved := func(n int, call func(*client.Client) (time.Duration, error)) (direct, forwarded []time.Duration, err error) {
+		direct, forwarded = make([]time.Duration, n), make([]time.Duration, n)
+		for i := range n {
+			if direct[i], err = call(owner.c); err != nil {
+				return nil, nil, err
+			}
+			if forwarded[i], err = call(other.c); err != nil {
+				return nil, nil, fmt.Errorf("through the other node: %w", err)
+			}
+		}
+		return direct, forwarded, nil
+	}
 	n := o.n(200, 40)
-	direct, forwarded := make([]time.Duration, n), make([]time.Duration, n)
-	for i := range n {
-		if direct[i], err = through(owner.c); err != nil {
-			return nil, err
-		}
-		if forwarded[i], err = through(other.c); err != nil {
-			return nil, err
-		}
+	direct, forwarded, err := interleaved(n, through)
+	if err != nil {
+		return nil, err
 	}
 	r := rowK1a.Compare(Overhead, NewSample("through the owner", direct), NewSample("through the other node", forwarded),
 		AtMost(ClusterExecMaxOverhead.Seconds()))
@@ -129,14 +137,9 @@ func ClusterExec(ctx context.Context, o Options) (_ []Result, err error) {
 		return time.Since(t0), nil
 	}
 	m := o.n(1000, 200)
-	gd, gf := make([]time.Duration, m), make([]time.Duration, m)
-	for i := range m {
-		if gd[i], err = get(owner.c); err != nil {
-			return nil, err
-		}
-		if gf[i], err = get(other.c); err != nil {
-			return nil, fmt.Errorf("through the other node: %w", err)
-		}
+	gd, gf, err := interleaved(m, get)
+	if err != nil {
+		return nil, err
 	}
 	hop := rowK1b.Compare(Overhead, NewSample("through the owner", gd), NewSample("through the other node", gf),
 		AtMost(ClusterExecMaxOverhead.Seconds()))

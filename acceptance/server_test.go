@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,35 +19,14 @@ import (
 	"github.com/vulcanhq/vulcan/internal/testenv"
 )
 
-// vulcanBin is the binary under test: the one `make` built (VULCAN_BIN_DIR), else built
-// here once.
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
+// vulcanBin is the binary under test: the one `make` built, else built here once.
 func vulcanBin(t testing.TB) string {
 	t.Helper()
-	binOnce.Do(func() {
-		if d := testenv.BinDir(); d != "" {
-			if _, err := os.Stat(filepath.Join(d, "vulcan")); err == nil {
-				binPath = filepath.Join(d, "vulcan")
-				return
-			}
-		}
-		dir, err := os.MkdirTemp("", "vulcan-acc-bin")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "vulcan")
-		binErr = testenv.GoBuild(binPath, "github.com/vulcanhq/vulcan/cmd/vulcan")
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
+	bin, err := testenv.VulcanBin()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return binPath
+	return bin
 }
 
 // server is a real `vulcan serve` process.

@@ -477,21 +477,11 @@ func (b *browser) fail(t *testing.T, err error) {
 	t.Fatal(err)
 }
 
-// startServer builds vulcan and runs `vulcan serve` on a free loopback port with the
+// startServer runs `vulcan serve` (testenv.VulcanBin) on a free loopback port with the
 // real images, returning its base URL.
-// serverBin is vulcan, built once for the package's servers.
-var serverBin = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "vulcan-dash-bin")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "vulcan")
-	return bin, testenv.GoBuild(bin, "github.com/vulcanhq/vulcan/cmd/vulcan")
-})
-
 func startServer(t *testing.T, images string, env ...string) string {
 	t.Helper()
-	bin, err := serverBin()
+	bin, err := testenv.VulcanBin()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 )
 
@@ -94,6 +95,27 @@ func RequiresImages(t testing.TB, runtimes ...string) string {
 
 // BinDir is where `make` put the binaries (VULCAN_BIN_DIR), or "" when unknown.
 func BinDir() string { return os.Getenv("VULCAN_BIN_DIR") }
+
+// VulcanBin is the vulcan binary for tests that run it: the one `make` built (in
+// BinDir), else one built once per test binary from this tree.
+var VulcanBin = sync.OnceValues(func() (string, error) {
+	if d := BinDir(); d != "" {
+		if p := filepath.Join(d, "vulcan"); fileExists(p) {
+			return p, nil
+		}
+	}
+	dir, err := os.MkdirTemp("", "vulcan-test-bin")
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, "vulcan")
+	return p, GoBuild(p, "github.com/vulcanhq/vulcan/cmd/vulcan")
+})
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
 
 // ShortTempDir returns a temp dir with a short path: unix socket paths are limited to
 // 108 bytes and t.TempDir() names can be long.

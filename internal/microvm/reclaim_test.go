@@ -27,7 +27,9 @@ func TestReclaim(t *testing.T) {
 		os.WriteFile(filepath.Join(d, "agent.sock"), nil, 0o600)
 	}
 	// The orphan stands in for a VMM: its argv names its VM dir, like QEMU's socket paths.
-	orphan := exec.Command("sh", "-c", "sleep 300", orphanDir)
+	// (Not a lone "sleep 300": sh would exec it and the dir would leave the argv, which
+	// made this test fail whenever reclaim looked after that exec.)
+	orphan := exec.Command("sh", "-c", "sleep 300; exit 0", orphanDir)
 	orphan.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := orphan.Start(); err != nil {
 		t.Fatal(err)
@@ -73,7 +75,7 @@ func TestReclaimLeavesAnotherServersVMs(t *testing.T) {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			t.Fatal(err)
 		}
-		c := exec.Command("sh", "-c", "sleep 300", dir)
+		c := exec.Command("sh", "-c", "sleep 300; exit 0", dir)
 		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		if err := c.Start(); err != nil {
 			t.Fatal(err)

@@ -251,3 +251,58 @@ func TestEndDuringPause(t *testing.T) {
 		})
 	}
 }
+
+// An operation that arrives while a pause is under way waits for it and answers for
+// what it left: with auto_resume the op resumes the sandbox and runs, without it the op
+// is told the sandbox is paused, and after a refused pause it runs in the sandbox that
+// kept running. (It used to fail with "not running (state paused)" in the window
+// between the saved VM being recorded and the sandbox leaving the live set.)
+func TestOpDuringPause(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		name       string
+		autoResume bool
+		refuse     error
+		wantErr    error
+		resumes    int
+	}{
+		{"auto_resume", true, nil, nil, 1},
+		{"no auto_resume", false, nil, ErrPaused, 0},
+		{"refused pause", true, fmt.Errorf("%w: no", backend.ErrUnsupported), nil, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := &resumingLauncher{fakeLauncher: fakeLauncher{t: t}}
+			s, _ := newService(t, Config{PausedDir: t.TempDir()}, l, "")
+			sb, err := s.Create(ctx, model.SandboxSpec{AutoResume: c.autoResume})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := s.lookup(sb.ID).m.(*pausingMachine)
+			m.refuse, m.gate, m.entered = c.refuse, make(chan struct{}), make(chan struct{})
+			paused := make(chan error, 1)
+			go func() { _, err := s.Pause(ctx, sb.ID); paused <- err }()
+			<-m.entered
+			did := make(chan error, 1)
+			go func() {
+				_, err := s.Do(ctx, sb.ID, &protocol.Request{Op: protocol.OpFSStat, Path: "/x"})
+				did <- err
+			}()
+			time.Sleep(50 * time.Millisecond) // the op waits for the pause
+			close(m.gate)
+			if err := <-paused; (err != nil) != (c.refuse != nil) {
+				t.Fatalf("pause: %v", err)
+			}
+			select {
+			case err := <-did:
+				if !errors.Is(err, c.wantErr) {
+					t.Fatalf("op during the pause: %v, want %v", err, c.wantErr)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the op never returned")
+			}
+			if len(l.resumed) != c.resumes {
+				t.Errorf("%d resumes, want %d", len(l.resumed), c.resumes)
+			}
+		})
+	}
+}

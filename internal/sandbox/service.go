@@ -532,12 +532,23 @@ func (s *Service) running(ctx context.Context, id string) (*box, error) {
 		return nil, fmt.Errorf("%w (state %s)", ErrEnded, sb.State)
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.sb.State.Terminal() { // ended, not yet out of the live set
-		return nil, fmt.Errorf("%w (state %s)", ErrEnded, b.sb.State)
-	}
-	if b.sb.State != model.SandboxRunning || b.ending || b.pausing {
-		return nil, fmt.Errorf("%w (state %s)", ErrNotRunning, b.sb.State)
+	state, pausing, done := b.sb.State, b.pausing, b.pauseDone
+	usable := state == model.SandboxRunning && !b.ending && !pausing
+	b.mu.Unlock()
+	switch {
+	case state.Terminal(): // ended, not yet out of the live set
+		return nil, fmt.Errorf("%w (state %s)", ErrEnded, state)
+	case (pausing || state == model.SandboxPaused) && done != nil:
+		// A pause is under way, or has saved the VM and not yet left the live set: wait
+		// for it, then answer for what it left (paused, resumed on demand, or running).
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return s.running(ctx, id)
+	case !usable:
+		return nil, fmt.Errorf("%w (state %s)", ErrNotRunning, state)
 	}
 	return b, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -144,17 +145,29 @@ func (v *vm) park(ctx context.Context) (string, error) {
 	_, _ = rand.Read(raw)
 	nonce := hex.EncodeToString(raw)
 	parked := aw.AwaitConsole(protocol.ParkedMarker + nonce)
-	if _, err := v.session.Do(ctx, &protocol.Request{Op: protocol.OpQuiesce, Nonce: nonce}); err != nil {
+	_, err := v.session.Do(ctx, &protocol.Request{Op: protocol.OpQuiesce, Nonce: nonce})
+	if oe := (*protocol.OpError)(nil); errors.As(err, &oe) {
 		return "", fmt.Errorf("quiesce: %w", err)
 	}
+	// Any other error may be the agent's own doing: it ends the session right after its
+	// answer, and a write still waiting on yamux can see that close first ("session
+	// shutdown") though the request went out. The park line with this nonce is the proof
+	// either way: only an agent that took this request prints it.
 	t := time.NewTimer(15 * time.Second)
 	defer t.Stop()
 	select {
 	case <-parked:
 		return nonce, nil
 	case <-t.C:
+		if err != nil {
+			console := ""
+			if c := vmm.Tail(filepath.Join(v.dir, "console.log"), 1024); c != "" {
+				console = "; console: " + c
+			}
+			return "", fmt.Errorf("quiesce: %w%s", err, console)
+		}
 		return "", errors.New("quiesce: the agent did not park within 15s")
 	case <-ctx.Done():
-		return "", fmt.Errorf("quiesce: %w", ctx.Err())
+		return "", fmt.Errorf("quiesce: %w", errors.Join(ctx.Err(), err))
 	}
 }

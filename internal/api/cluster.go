@@ -82,6 +82,7 @@ func (f *forwarder) proxy(s *Server, target string) (*httputil.ReverseProxy, err
 			if r.Context().Err() != nil {
 				return
 			}
+			w.Header().Set(NodeHeader, f.self)
 			s.writeError(w, r, fmt.Errorf("%w: the owning node at %s did not answer: %v", errNodeLost, u.Host, err))
 		},
 	}
@@ -96,6 +97,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string) 
 		return
 	}
 	s.forwarded.WithLabelValues("owner").Inc()
+	// The owner names itself as the node that served (the proxy adds its headers to
+	// ours: two values, this node's first, were the answer).
+	w.Header().Del(NodeHeader)
 	p.ServeHTTP(w, r)
 }
 

@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,6 +35,7 @@ import (
 // VULCAN_HELPER_NODE set, and each such process is one cluster node (a whole server on
 // the fake backend, its store in a data dir that outlives the process) that the test
 // can kill -9. A workload "sleep:MS" records its start in <data>/started, then sleeps.
+// Sandboxes are in-process agents that pause into <data>/paused.
 func TestHelperNode(t *testing.T) {
 	data := os.Getenv("VULCAN_HELPER_NODE")
 	if data == "" {
@@ -58,9 +60,22 @@ func TestHelperNode(t *testing.T) {
 		sink.Line(model.Stdout, "slept "+strconv.Itoa(ms))
 		return backend.Result{}, nil
 	}}
+	// A resume holds for ever while <data>/hold-resume exists, once it has said so in
+	// <data>/resuming: the node can be killed mid-takeover.
+	launcher := sandboxtest.NewAgentLauncher(t)
+	launcher.BeforeResume = func(ctx context.Context, id string) error {
+		if _, err := os.Stat(filepath.Join(data, "hold-resume")); err != nil {
+			return nil
+		}
+		if err := os.WriteFile(filepath.Join(data, "resuming"), []byte(id), 0o644); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	s := servertest.New(t, servertest.Options{
 		Engine: engine.Config{MaxConcurrent: 2, QueueSize: 16}, Fake: fake, Store: st,
-		Launcher: sandboxtest.NewAgentLauncher(t), Sandbox: sandbox.Config{MemBudgetMB: 2048},
+		Launcher: launcher, Sandbox: sandbox.Config{MemBudgetMB: 2048, PausedDir: filepath.Join(data, "paused")},
 		Cluster: &cluster.Config{URL: os.Getenv("VULCAN_HELPER_NATS"), NodeID: os.Getenv("VULCAN_HELPER_ID"),
 			Heartbeat: 200 * time.Millisecond, NodeTTL: time.Second, AckWait: 3 * time.Second},
 	})
@@ -262,4 +277,150 @@ func TestClusterChaos(t *testing.T) {
 	if err != nil || w.Status != model.StatusCompleted {
 		t.Fatalf("a workload through the rejoined node: %+v %v", w, err)
 	}
+}
+
+// sandboxOn creates a sandbox on p itself (a forwarded create is served where it lands).
+func sandboxOn(t *testing.T, p *proc) api.Sandbox {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, p.url+"/v1/sandboxes", strings.NewReader(`{"template":"python","timeout_s":600}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(cluster.ForwardedHeader, "test")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sb api.Sandbox
+	json.NewDecoder(resp.Body).Decode(&sb)
+	if resp.StatusCode != http.StatusCreated || sb.ID == "" {
+		t.Fatalf("sandbox on %s: %d", p.id, resp.StatusCode)
+	}
+	return sb
+}
+
+// servedBy GETs the sandbox through p and returns it with the node that served it.
+func servedBy(t *testing.T, p *proc, id string) (api.Sandbox, string) {
+	t.Helper()
+	resp, body := do(t, http.MethodGet, p.url+"/v1/sandboxes/"+id, nil)
+	var sb api.Sandbox
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &sb) != nil {
+		t.Fatalf("GET the sandbox through %s: %d %s", p.id, resp.StatusCode, body)
+	}
+	return sb, resp.Header.Get("X-Vulcan-Node")
+}
+
+// TestClusterTakeoverDies: a paused sandbox's node dies; the node a resume reaches takes
+// the sandbox over and is killed -9 in the middle of resuming it. The sandbox is not
+// lost: a resume through the third node takes it over from what the cluster keeps (the
+// record, the saved VM in the object store) and it runs there with its files. The node
+// that died mid-takeover restarts on its data and neither claims the sandbox back nor
+// clobbers its record; calls through it reach the sandbox where it runs.
+func TestClusterTakeoverDies(t *testing.T) {
+	nats := clustertest.Start(t)
+	dir := t.TempDir()
+	owner := startProc(t, nats.URL, "take-o", filepath.Join(dir, "o"))
+	taker := startProc(t, nats.URL, "take-t", filepath.Join(dir, "t"))
+	third := startProc(t, nats.URL, "take-z", filepath.Join(dir, "z"))
+	eventually(t, "three live nodes", 20*time.Second, func() bool { return liveNodes(clusterStatus(t, third.url)) == 3 })
+	ctx := context.Background()
+	ct, cz := client.New(taker.url, ""), client.New(third.url, "")
+
+	sb := sandboxOn(t, owner)
+	payload := make([]byte, 300_000)
+	for i := range payload {
+		payload[i] = byte(i*7 + i/251)
+	}
+	if _, err := cz.WriteFile(ctx, sb.ID, "kept", 0o644, bytes.NewReader(payload)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ct.PauseSandbox(ctx, sb.ID); err != nil {
+		t.Fatalf("pause through the taker: %v", err)
+	}
+	eventually(t, "the saved VM stored in the cluster", 20*time.Second, func() bool {
+		return metricValue(t, owner.url, "vulcan_cluster_paused_stored_total") >= 1
+	})
+	owner.kill()
+
+	// The taker holds its resume; it is killed there.
+	if err := os.WriteFile(filepath.Join(taker.data, "hold-resume"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		for rctx.Err() == nil { // 503 until the cluster has seen the owner go
+			if _, err := ct.ResumeSandbox(rctx, sb.ID, 0); err == nil {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	eventually(t, "the taker resuming the sandbox", 30*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(taker.data, "resuming"))
+		return err == nil
+	})
+	taker.kill()
+	stop()
+
+	// The third node takes it over once the taker's announcement lapses.
+	var resumed *api.Sandbox
+	var err error
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if resumed, err = cz.ResumeSandbox(ctx, sb.ID, 0); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			got, _ := cz.GetSandbox(ctx, sb.ID)
+			t.Fatalf("resume through the third node after the taker died mid-resume: %v (the sandbox: %+v)", err, got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if resumed.State != model.SandboxRunning {
+		t.Fatalf("resumed: %+v", resumed)
+	}
+	var back bytes.Buffer
+	if _, err := cz.ReadFile(ctx, sb.ID, "kept", &back); err != nil || !bytes.Equal(back.Bytes(), payload) {
+		t.Fatalf("the file after the takeover: %d bytes, %v (want the %d written)", back.Len(), err, len(payload))
+	}
+
+	// The taker comes back on its data: the sandbox stays the third node's.
+	os.Remove(filepath.Join(taker.data, "hold-resume"))
+	t2 := startProc(t, nats.URL, "take-t", taker.data)
+	eventually(t, "two live nodes", 20*time.Second, func() bool { return liveNodes(clusterStatus(t, t2.url)) == 2 })
+	time.Sleep(1500 * time.Millisecond) // a sync and a few reap passes
+	for _, p := range []*proc{t2, third} {
+		got, node := servedBy(t, p, sb.ID)
+		if got.State != model.SandboxRunning || node != third.id {
+			t.Fatalf("after the taker's restart, through %s: %s on %q (%+v), want running on %s", p.id, got.State, node, got, third.id)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(taker.data, "paused", sb.ID)); !os.IsNotExist(err) {
+		t.Errorf("the restarted taker keeps the saved VM of a sandbox the third node runs: %v", err)
+	}
+	back.Reset()
+	if _, err := client.New(t2.url, "").ReadFile(ctx, sb.ID, "kept", &back); err != nil || !bytes.Equal(back.Bytes(), payload) {
+		t.Fatalf("the file through the restarted taker: %d bytes, %v", back.Len(), err)
+	}
+	if k, err := client.New(t2.url, "").KillSandbox(ctx, sb.ID); err != nil || k.State != model.SandboxKilled {
+		t.Fatalf("kill through the restarted taker: %+v %v", k, err)
+	}
+}
+
+// metricValue is the sum of a metric's series on a node's /metrics.
+func metricValue(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, body := do(t, http.MethodGet, url+"/metrics", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", resp.StatusCode)
+	}
+	sum := 0.0
+	for _, l := range strings.Split(string(body), "\n") {
+		if rest, ok := strings.CutPrefix(l, name); ok && (strings.HasPrefix(rest, " ") || strings.HasPrefix(rest, "{")) {
+			f := strings.Fields(l)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
 }

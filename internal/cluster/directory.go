@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -132,9 +133,18 @@ func (n *Node) sync(ctx context.Context) {
 			break
 		}
 		for _, sb := range sbs {
-			if n.needsPush(sandboxKey(sb.ID)) {
+			switch key := sandboxKey(sb.ID); {
+			case n.needsPush(key):
 				n.SandboxWritten(sb)
 				pushed++
+			case !sb.State.Terminal() && n.ownedElsewhere(key) && n.deps.PausedDir != nil:
+				// Another node took it over while this one was down (a resume this
+				// node had begun, say): the saved VM left here is nobody's.
+				if dir := n.deps.PausedDir(sb.ID); dir != "" {
+					if err := os.RemoveAll(dir); err != nil {
+						n.log.Warn("cluster: removing the saved VM of a sandbox taken over", "sandbox", sb.ID, "err", err)
+					}
+				}
 			}
 		}
 		if !more || len(sbs) == 0 {
@@ -145,6 +155,14 @@ func (n *Node) sync(ctx context.Context) {
 	if pushed > 0 {
 		n.log.Info("cluster: pushed this node's records the directory lacked", "n", pushed)
 	}
+}
+
+// ownedElsewhere reports whether the directory names another node as key's owner.
+func (n *Node) ownedElsewhere(key string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, ok := n.records[key]
+	return ok && c.rec.Node != "" && c.rec.Node != n.cfg.NodeID
 }
 
 func (n *Node) needsPush(key string) bool {
@@ -202,6 +220,12 @@ func (n *Node) reap() {
 			why += " while the workload was " + string(w.Status)
 			w.Status, w.Error, w.FinishedAt = model.StatusFailed, why, &now
 			r.Workload = &w
+		case r.Sandbox != nil && n.resumeInterrupted(r.Sandbox):
+			// Its node died resuming it: the saved VM is still in the cluster, so it is
+			// paused again and can resume on any node.
+			sb := *r.Sandbox
+			sb.State, sb.Error = model.SandboxPaused, why+" while resuming it"
+			r.Sandbox = &sb
 		case r.Sandbox != nil:
 			sb := *r.Sandbox
 			sb.State, sb.Error, sb.EndedAt = model.SandboxLost, why, &now
@@ -216,6 +240,18 @@ func (n *Node) reap() {
 			n.log.Info("cluster: marked lost", "key", v.key, "owner", v.c.rec.Node)
 		}
 	}
+}
+
+// resumeInterrupted reports whether sb was being resumed (starting, from a pause) and
+// its saved VM is still in the cluster's object store.
+func (n *Node) resumeInterrupted(sb *model.Sandbox) bool {
+	if sb.State != model.SandboxStarting || sb.VM["paused_at"] == "" || n.paused == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	_, err := n.paused.GetInfo(ctx, sb.ID)
+	return err == nil
 }
 
 // errConflict is a compare-and-set that lost: the record changed since it was read.

@@ -39,7 +39,8 @@ var pausedFiles = map[string]bool{"state": true, "scratch.ext4": true, "paused.j
 var ErrNotAdoptable = errors.New("cannot take the sandbox over")
 
 // pausedChanged follows a sandbox's writes on its owner: paused → store its saved VM;
-// no longer paused → drop the stored copy.
+// running again or ended → drop the stored copy. A resume under way (starting) keeps it:
+// if this node dies mid-resume, another takes the sandbox over from it.
 func (n *Node) pausedChanged(sb *model.Sandbox) {
 	if n.deps.PausedDir == nil || n.paused == nil {
 		return
@@ -49,6 +50,8 @@ func (n *Node) pausedChanged(sb *model.Sandbox) {
 	switch {
 	case sb.State == model.SandboxPaused:
 		n.storedPaused[sb.ID] = struct{}{}
+	case sb.State == model.SandboxStarting:
+		stored = false // nothing to do yet
 	case stored:
 		delete(n.storedPaused, sb.ID)
 	}

@@ -4,8 +4,11 @@
 package sandboxtest
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -24,6 +27,9 @@ import (
 type AgentLauncher struct {
 	T    testing.TB
 	Base string // a 0755 dir the agents' work dirs and homes live in
+
+	// BeforeResume, when set, runs at the start of each Resume.
+	BeforeResume func(ctx context.Context, id string) error
 
 	mu       sync.Mutex
 	Launched []*Agent
@@ -50,10 +56,35 @@ type Agent struct {
 	done   chan struct{}
 }
 
-var _ sandbox.Machine = (*Agent)(nil)
+var (
+	_ sandbox.Machine  = (*Agent)(nil)
+	_ sandbox.Pauser   = (*Agent)(nil)
+	_ sandbox.Resumer  = (*AgentLauncher)(nil)
+	_ sandbox.Launcher = (*AgentLauncher)(nil)
+)
 
 // Launch implements sandbox.Launcher.
 func (l *AgentLauncher) Launch(ctx context.Context, id string, spec model.SandboxSpec) (sandbox.Machine, error) {
+	return l.launch("")
+}
+
+// Resume implements sandbox.Resumer: a fresh agent whose home holds what the paused
+// one's had (a "saved VM" here is its home's files; processes do not come back).
+// BeforeResume, when set, runs first and can hold or refuse the resume.
+func (l *AgentLauncher) Resume(ctx context.Context, id string, spec model.SandboxSpec, dir string) (sandbox.Machine, error) {
+	if l.BeforeResume != nil {
+		if err := l.BeforeResume(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "paused.json")); err != nil {
+		return nil, fmt.Errorf("no saved sandbox in %s: %w", dir, err)
+	}
+	return l.launch(filepath.Join(dir, "state"))
+}
+
+// launch starts an agent; saved, when set, is a tar of the home to start with.
+func (l *AgentLauncher) launch(saved string) (sandbox.Machine, error) {
 	dir, err := os.MkdirTemp(l.Base, "vm-")
 	if err != nil {
 		return nil, err
@@ -67,6 +98,11 @@ func (l *AgentLauncher) Launch(ctx context.Context, id string, spec model.Sandbo
 		}
 		if os.Geteuid() == 0 {
 			os.Chown(d, 1000, 1000)
+		}
+	}
+	if saved != "" {
+		if err := untarHome(saved, home); err != nil {
+			return nil, fmt.Errorf("restore the saved home: %w", err)
 		}
 	}
 	sock := filepath.Join(dir, "agent.sock")
@@ -133,4 +169,105 @@ func (a *Agent) Stop(ctx context.Context) error {
 		return fmt.Errorf("agent did not stop")
 	}
 	return nil
+}
+
+// Pause implements sandbox.Pauser: the home's files go to dir as a tar ("state") with a
+// manifest ("paused.json"), the names a microVM's saved VM has, and the agent stops.
+func (a *Agent) Pause(ctx context.Context, dir string) error {
+	if err := tarHome(a.Home, filepath.Join(dir, "state")); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "paused.json"), []byte(`{"saved":"home"}`), 0o600); err != nil {
+		return err
+	}
+	return a.Stop(ctx)
+}
+
+func tarHome(home, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	err = filepath.WalkDir(home, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == home {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() && !info.IsDir() {
+			return nil // only files and dirs are kept
+		}
+		rel, _ := filepath.Rel(home, p)
+		hdr, err := tar.FileInfoHeader(info, "")
+		if err != nil {
+			return err
+		}
+		hdr.Name = filepath.ToSlash(rel)
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if info.IsDir() {
+			return nil
+		}
+		src, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		_, err = io.Copy(tw, src)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func untarHome(path, home string) error {
+	root, err := os.OpenRoot(home)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(hdr.Mode).Perm()
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			err = root.Mkdir(hdr.Name, mode)
+		case tar.TypeReg:
+			var w *os.File
+			if w, err = root.OpenFile(hdr.Name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode); err == nil {
+				_, err = io.Copy(w, tr)
+				w.Close()
+			}
+		default:
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if os.Geteuid() == 0 {
+			_ = root.Lchown(hdr.Name, 1000, 1000)
+		}
+	}
 }

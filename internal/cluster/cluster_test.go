@@ -47,13 +47,19 @@ type node struct {
 
 func startNode(t *testing.T, natsURL, id string, sbc sandbox.Config, slots int) *node {
 	t.Helper()
+	return startNodeWith(t, cluster.Config{URL: natsURL, NodeID: id}, sbc, slots)
+}
+
+// startNodeWith starts a node with cc (its timings made short for tests).
+func startNodeWith(t *testing.T, cc cluster.Config, sbc sandbox.Config, slots int) *node {
+	t.Helper()
+	cc.Heartbeat, cc.NodeTTL, cc.AckWait = 200*time.Millisecond, time.Second, 3*time.Second
 	fake := &backendtest.Fake{}
 	st := servertest.New(t, servertest.Options{
 		Engine: engine.Config{MaxConcurrent: slots, QueueSize: 64}, Fake: fake,
-		Launcher: sandboxtest.NewAgentLauncher(t), Sandbox: sbc,
-		Cluster: &cluster.Config{URL: natsURL, NodeID: id, Heartbeat: 200 * time.Millisecond, NodeTTL: time.Second, AckWait: 3 * time.Second},
+		Launcher: sandboxtest.NewAgentLauncher(t), Sandbox: sbc, Cluster: &cc,
 	})
-	return &node{Stack: st, id: id, fake: fake, c: client.New(st.URL, "")}
+	return &node{Stack: st, id: cc.NodeID, fake: fake, c: client.New(st.URL, "")}
 }
 
 // waitNodes waits until n sees want live nodes.

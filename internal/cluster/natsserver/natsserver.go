@@ -53,6 +53,10 @@ type Options struct {
 	// Dial must reach it.
 	NetNS string
 	Dial  func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Config, when set, is a server configuration file (-c: TLS, accounts) and Client
+	// the options a client needs to reach that server (credentials, TLS).
+	Config string
+	Client []nats.Option
 }
 
 // dialer adapts a dial function to the NATS client's.
@@ -71,6 +75,9 @@ func Start(ctx context.Context, bin, dir string, port int, o Options) (*Server, 
 	if o.Log != "" {
 		args = append(args, "-l", o.Log)
 	}
+	if o.Config != "" {
+		args = append(args, "-c", o.Config)
+	}
 	s := &Server{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), cmd: exec.Command(bin, args...)}
 	if o.NetNS != "" {
 		s.cmd = exec.Command("nsenter", append([]string{"--net=" + o.NetNS, "--", bin}, args...)...)
@@ -78,7 +85,7 @@ func Start(ctx context.Context, bin, dir string, port int, o Options) (*Server, 
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}
-	opts := []nats.Option{nats.Timeout(time.Second)}
+	opts := append([]nats.Option{nats.Timeout(time.Second)}, o.Client...)
 	if o.Dial != nil {
 		opts = append(opts, nats.SetCustomDialer(dialer(o.Dial)))
 	}

@@ -281,6 +281,16 @@ func (s *Server) adoptPaused(w http.ResponseWriter, r *http.Request, id string, 
 	next.ServeHTTP(w, r)
 }
 
+// recorded is the wire form of a workload read from the directory: when its output stayed
+// on its node (too large for the record), it says so (truncated, output_on).
+func (s *Server) recorded(wl *model.Workload) Workload {
+	out := NewWorkload(wl)
+	if by := s.o.Cluster.OutputHeldBy(wl.ID); by != "" {
+		out.Truncated, out.OutputOn = true, by
+	}
+	return out
+}
+
 // lostRecord answers about a record whose node is gone: reads get the directory's copy
 // (the workload's result without its output; the sandbox as lost), anything else a 503
 // that names the node.
@@ -290,7 +300,7 @@ func (s *Server) lostRecord(w http.ResponseWriter, r *http.Request, kind, id, re
 	if r.Method == http.MethodGet && rest == "" && !e2b.IsEnvd(r) && !e2b.IsControlPlane(r) {
 		switch {
 		case wl != nil:
-			writeJSON(w, http.StatusOK, NewWorkload(wl))
+			writeJSON(w, http.StatusOK, s.recorded(wl))
 			return
 		case sb != nil:
 			writeJSON(w, http.StatusOK, NewSandbox(sb))
@@ -510,7 +520,7 @@ func (s *Server) clusterSubmit(w http.ResponseWriter, r *http.Request, spec mode
 			s.writeError(w, r, fmt.Errorf("%w: workload %s vanished from the directory", errNodeLost, wl.ID))
 			return
 		}
-		writeJSON(w, http.StatusOK, NewWorkload(done))
+		writeJSON(w, http.StatusOK, s.recorded(done))
 	}
 }
 

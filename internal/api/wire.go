@@ -27,13 +27,16 @@ type Workload struct {
 	Stdout     string              `json:"stdout"`
 	Stderr     string              `json:"stderr"`
 	Truncated  bool                `json:"truncated"`
-	Error      string              `json:"error"`
-	DurationMS int64               `json:"duration_ms"`
-	QueueMS    int64               `json:"queue_ms"`
-	CreatedAt  time.Time           `json:"created_at"`
-	StartedAt  *time.Time          `json:"started_at"`
-	FinishedAt *time.Time          `json:"finished_at"`
-	Metadata   map[string]string   `json:"metadata"`
+	// OutputOn names the node that holds the output this answer lacks (a cluster's
+	// workload whose node is gone; its output was too large to travel with its record).
+	OutputOn   string            `json:"output_on,omitempty"`
+	Error      string            `json:"error"`
+	DurationMS int64             `json:"duration_ms"`
+	QueueMS    int64             `json:"queue_ms"`
+	CreatedAt  time.Time         `json:"created_at"`
+	StartedAt  *time.Time        `json:"started_at"`
+	FinishedAt *time.Time        `json:"finished_at"`
+	Metadata   map[string]string `json:"metadata"`
 }
 
 // NewWorkload converts a model workload to its wire form.

@@ -51,6 +51,13 @@ func TestHelperNode(t *testing.T) {
 	}
 	fake := &backendtest.Fake{Run: func(ctx context.Context, job backend.Job, sink backend.Sink) (backend.Result, error) {
 		fmt.Fprintln(started, job.WorkloadID) // O_APPEND: one whole line per start
+		if n, ok := strings.CutPrefix(job.Spec.Code, "out:"); ok {
+			lines, _ := strconv.Atoi(n)
+			for i := range lines {
+				sink.Line(model.Stdout, outLine(i))
+			}
+			return backend.Result{}, nil
+		}
 		ms, _ := strconv.Atoi(strings.TrimPrefix(job.Spec.Code, "sleep:"))
 		select {
 		case <-time.After(time.Duration(ms) * time.Millisecond):
@@ -81,6 +88,17 @@ func TestHelperNode(t *testing.T) {
 	})
 	fmt.Printf("READY %s\n", s.URL)
 	select {} // until killed
+}
+
+// outLine is line i of an "out:N" workload's stdout (64 bytes with its newline).
+func outLine(i int) string { return fmt.Sprintf("line %08d %s", i, strings.Repeat("x", 49)) }
+
+func outText(lines int) string {
+	var b strings.Builder
+	for i := range lines {
+		b.WriteString(outLine(i) + "\n")
+	}
+	return b.String()
 }
 
 type proc struct {
@@ -183,6 +201,28 @@ func TestClusterChaos(t *testing.T) {
 		t.Fatalf("sandbox on the victim: %d", resp.StatusCode)
 	}
 
+	// Workloads that end before the kill, small and large output; those the victim ran
+	// are read through another node after it dies.
+	outputs := map[string]int{} // id → lines
+	for i := range 16 {
+		lines := 10 // 640 bytes: the record keeps it
+		if i%2 == 1 {
+			lines = 2000 // 128 KB: over the record's cap, only the node has it
+		}
+		w, err := ca.Run(ctx, model.Spec{Runtime: model.RuntimePython, Code: "out:" + strconv.Itoa(lines)})
+		if err != nil || w.Status != model.StatusCompleted || w.Stdout != outText(lines) {
+			t.Fatalf("an out:%d workload: %v %v", lines, w, err)
+		}
+		outputs[w.ID] = lines
+	}
+	ranOnVictim := map[string]bool{}
+	for _, id := range v.started(t) {
+		ranOnVictim[id] = true
+	}
+	if len(ranOnVictim) == 0 {
+		t.Fatal("none of 16 workloads ran on the victim")
+	}
+
 	// Twelve 4-second workloads on six slots: six run, six wait in the queue.
 	var ids []string
 	for range 12 {
@@ -192,8 +232,13 @@ func TestClusterChaos(t *testing.T) {
 		}
 		ids = append(ids, w.ID)
 	}
-	eventually(t, "the victim runs two", 20*time.Second, func() bool { return len(v.started(t)) == 2 })
-	onVictim := v.started(t)
+	eventually(t, "the victim runs two", 20*time.Second, func() bool { return len(v.started(t)) == len(ranOnVictim)+2 })
+	var onVictim []string
+	for _, id := range v.started(t) {
+		if !ranOnVictim[id] {
+			onVictim = append(onVictim, id)
+		}
+	}
 	v.kill()
 	killedAt := time.Now()
 
@@ -244,6 +289,25 @@ func TestClusterChaos(t *testing.T) {
 			t.Errorf("workload %s started %d times", id, starts[id])
 		}
 	}
+	// What the victim had finished is read through another node: the output the record
+	// kept, or a clear word that its node holds it.
+	for id, lines := range outputs {
+		if !ranOnVictim[id] {
+			continue
+		}
+		resp, body := do(t, http.MethodGet, a.url+"/v1/workloads/"+id, nil)
+		var w api.Workload
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &w) != nil || w.Status != model.StatusCompleted {
+			t.Fatalf("the victim's finished workload %s through A: %d %s", id, resp.StatusCode, body)
+		}
+		switch want := outText(lines); {
+		case len(want) <= 32<<10 && (w.Stdout != want || w.Truncated || w.OutputOn != ""):
+			t.Errorf("small output of %s after its node died: %d bytes, truncated %v, output_on %q; want its %d bytes", id, len(w.Stdout), w.Truncated, w.OutputOn, len(want))
+		case len(want) > 32<<10 && (w.Stdout != "" || !w.Truncated || w.OutputOn != v.id):
+			t.Errorf("large output of %s after its node died: %d bytes, truncated %v, output_on %q; want none, truncated, on %s", id, len(w.Stdout), w.Truncated, w.OutputOn, v.id)
+		}
+	}
+
 	eventually(t, "the victim's sandbox shows lost", 10*time.Second, func() bool {
 		s, err := ca.GetSandbox(ctx, sb.ID)
 		return err == nil && s.State == model.SandboxLost
@@ -267,11 +331,20 @@ func TestClusterChaos(t *testing.T) {
 		}
 	}
 	l, err := client.New(v2.url, "").List(ctx, client.ListOptions{Limit: 100})
-	if err != nil || l.Total != len(ids) {
-		t.Fatalf("after the rejoin the cluster lists %v workloads (err %v), want %d", l, err, len(ids))
+	if err != nil || l.Total != len(ids)+len(outputs) {
+		t.Fatalf("after the rejoin the cluster lists %v workloads (err %v), want %d", l, err, len(ids)+len(outputs))
 	}
-	if len(v2.started(t)) != 2 {
+	if len(v2.started(t)) != len(ranOnVictim)+2 {
 		t.Fatalf("the restarted victim started workloads again: %v", v2.started(t))
+	}
+	// Back, it serves the whole output of what it ran.
+	for id, lines := range outputs {
+		if ranOnVictim[id] {
+			w, err := ca.Get(ctx, id)
+			if err != nil || w.Stdout != outText(lines) || w.Truncated || w.OutputOn != "" {
+				t.Fatalf("workload %s through A after its node rejoined: %d bytes, truncated %v, output_on %q, %v", id, len(w.Stdout), w.Truncated, w.OutputOn, err)
+			}
+		}
 	}
 	w, err = client.New(v2.url, "").Run(ctx, model.Spec{Runtime: model.RuntimePython, Code: "sleep:10"})
 	if err != nil || w.Status != model.StatusCompleted {

@@ -148,6 +148,9 @@ type Record struct {
 	Spec        *model.Spec        `json:"spec,omitempty"`
 	Sandbox     *model.Sandbox     `json:"sandbox,omitempty"`
 	SandboxSpec *model.SandboxSpec `json:"sandbox_spec,omitempty"`
+	// OutputOnNode says the ended workload's output was too large for the record: only
+	// its node's store has it.
+	OutputOnNode bool `json:"output_on_node,omitempty"`
 }
 
 // Terminal reports whether the record's workload or sandbox has ended.
@@ -185,16 +188,24 @@ func (r *Record) model() (*model.Workload, *model.Sandbox) {
 // recordCodeCap bounds the code a workload record keeps (the message carries it whole).
 const recordCodeCap = 16 << 10
 
+// recordOutputCap bounds the output an ended workload's record keeps (output, stdout and
+// stderr together), so that its result outlives its node; past it only the node has it.
+const recordOutputCap = 32 << 10
+
 func workloadRecord(w *model.Workload) *Record {
 	c := *w
-	c.Output, c.Stdout, c.Stderr = "", "", ""
+	held := false
+	if n := len(c.Output) + len(c.Stdout) + len(c.Stderr); !c.Status.Terminal() || n > recordOutputCap {
+		held = n > 0
+		c.Output, c.Stdout, c.Stderr = "", "", ""
+	}
 	spec := c.Spec
 	spec.Archive = nil
 	if len(spec.Code) > recordCodeCap {
 		spec.Code = ""
 	}
 	c.Spec = model.Spec{}
-	return &Record{Workload: &c, Spec: &spec}
+	return &Record{Workload: &c, Spec: &spec, OutputOnNode: held}
 }
 
 func sandboxRecord(sb *model.Sandbox) *Record {
@@ -756,7 +767,9 @@ func (n *Node) Locate(ctx context.Context, kind, id string) Location {
 		info, alive := n.aliveLocked(rec.Node)
 		n.mu.Unlock()
 		loc.Self, loc.URL = rec.Node == n.cfg.NodeID, info.URL
-		loc.Alive = alive && (info.Incarnation == rec.Incarnation || rec.Incarnation == "")
+		// A node that restarted lost what it was running, not what its store kept: an
+		// ended record is served by it whatever incarnation wrote it.
+		loc.Alive = alive && (info.Incarnation == rec.Incarnation || rec.Incarnation == "" || rec.Terminal())
 	}
 	return loc
 }
@@ -789,6 +802,7 @@ func (n *Node) Workloads(f store.Filter) ([]*model.Workload, int) {
 	var all []*model.Workload
 	for _, r := range n.recordsWith("w.") {
 		w, _ := r.model()
+		w.Output, w.Stdout, w.Stderr = "", "", "" // as documented: GET the workload for it
 		if (f.Status != "" && w.Status != f.Status) || (f.Runtime != "" && w.Spec.Runtime != f.Runtime) ||
 			(f.Isolation != "" && w.Spec.Isolation != f.Isolation) {
 			continue
@@ -865,6 +879,17 @@ func (n *Node) Record(kind, id string) (*model.Workload, *model.Sandbox, bool) {
 	}
 	w, sb := c.rec.model()
 	return w, sb, true
+}
+
+// OutputHeldBy names the node whose store alone has workload id's output (too large for
+// its record), "" when the record has it all.
+func (n *Node) OutputHeldBy(id string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if c, ok := n.records[workloadKey(id)]; ok && c.rec.OutputOnNode {
+		return c.rec.Node
+	}
+	return ""
 }
 
 // waitFor blocks until cond holds for the record of key (or ctx ends), and returns it.

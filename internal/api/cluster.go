@@ -151,6 +151,11 @@ func (s *Server) clusterFront(next http.Handler) http.Handler {
 		kind, id, rest, ok := clusterTarget(r)
 		if ok {
 			c.WaitClaimed(r.Context(), kind, id) // the directory may name this node a moment early
+			if changesState(r, kind, rest) {
+				// Served here (the owner): answer once the directory has the change, so
+				// the client's next list through any node shows it.
+				w = &landingWriter{ResponseWriter: w, land: func() { c.Landed(r.Context(), kind, id) }}
+			}
 		}
 		if r.Header.Get(cluster.ForwardedHeader) != "" {
 			next.ServeHTTP(w, r)
@@ -433,6 +438,45 @@ func (s *Server) placeOn(w http.ResponseWriter, r *http.Request, target string, 
 	return true
 }
 
+// changesState reports whether r ends or changes a workload's or sandbox's state: a kill,
+// and a sandbox's pause, resume or timeout (Vulcan's routes and E2B's).
+func changesState(r *http.Request, kind, rest string) bool {
+	switch {
+	case r.Method == http.MethodDelete:
+		return rest == ""
+	case r.Method == http.MethodPost && kind == "s":
+		switch rest {
+		case "pause", "resume", "timeout", "connect", "refreshes":
+			return true
+		}
+	}
+	return false
+}
+
+// landingWriter runs land once, before the answer's status goes out.
+type landingWriter struct {
+	http.ResponseWriter
+	land   func()
+	landed bool
+}
+
+func (l *landingWriter) WriteHeader(code int) {
+	if !l.landed {
+		l.landed = true
+		l.land()
+	}
+	l.ResponseWriter.WriteHeader(code)
+}
+
+func (l *landingWriter) Write(b []byte) (int, error) {
+	if !l.landed {
+		l.WriteHeader(http.StatusOK)
+	}
+	return l.ResponseWriter.Write(b)
+}
+
+func (l *landingWriter) Unwrap() http.ResponseWriter { return l.ResponseWriter }
+
 // statusRecorder holds back a 429 or 503 answer (holdOn) so the create can go to the
 // next node instead: headers are kept apart until the status is known, so a held
 // answer's (Retry-After) never reach the client.
@@ -527,6 +571,7 @@ func (s *Server) clusterSubmit(w http.ResponseWriter, r *http.Request, spec mode
 // listWorkloads and listSandboxes list the whole cluster when there is one.
 func (s *Server) listWorkloads(ctx context.Context, f store.Filter) ([]*model.Workload, int, error) {
 	if s.o.Cluster != nil {
+		s.o.Cluster.CatchUp(ctx)
 		ws, total := s.o.Cluster.Workloads(f)
 		return ws, total, nil
 	}
@@ -535,6 +580,7 @@ func (s *Server) listWorkloads(ctx context.Context, f store.Filter) ([]*model.Wo
 
 func (s *Server) listSandboxes(ctx context.Context, f store.SandboxFilter) ([]*model.Sandbox, bool, error) {
 	if s.o.Cluster != nil {
+		s.o.Cluster.CatchUp(ctx)
 		list, more := s.o.Cluster.Sandboxes(f)
 		return list, more, nil
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/vulcanhq/vulcan/internal/backend"
+	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/engine"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/protocol"
@@ -62,6 +63,8 @@ func classify(err error) (status int, code string, public bool) {
 		return http.StatusServiceUnavailable, "sandboxes_unavailable", true
 	case errors.Is(err, errNodeLost):
 		return http.StatusServiceUnavailable, "node_lost", true
+	case errors.Is(err, cluster.ErrUnreachable):
+		return http.StatusServiceUnavailable, "cluster_unreachable", true
 	case errors.Is(err, errNoCapacity):
 		return http.StatusTooManyRequests, "no_capacity", true
 	case errors.Is(err, errNotClustered):
@@ -140,7 +143,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case http.StatusRequestTimeout:
 		// The rest of the body may still be on its way: this connection is done.
 		w.Header().Set("Connection", "close")
-	case http.StatusTooManyRequests:
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", retryAfterSecond)
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="vulcan"`)

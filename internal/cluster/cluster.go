@@ -254,6 +254,8 @@ type Node struct {
 	mu        sync.Mutex
 	connected time.Time // when the connection last came up
 	nodes     map[string]*seenNode
+	polled    time.Time // the last time the announcements were read whole
+	recSeen   uint64    // the newest revision of the records bucket the watcher delivered
 	records   map[string]cached
 	changed   chan struct{} // closed and replaced on every directory change
 	outbox    map[string]*Record
@@ -280,6 +282,8 @@ type seenNode struct {
 type cached struct {
 	rec *Record
 	rev uint64
+	// local: rec is this node's write, not yet in the bucket (rev is an older one's).
+	local bool
 }
 
 // Join connects to NATS, makes the cluster's buckets and stream when missing, loads the
@@ -518,6 +522,7 @@ func (n *Node) watchRecords(ready chan struct{}) {
 		}
 		n.mu.Lock()
 		defer n.mu.Unlock()
+		n.recSeen = max(n.recSeen, e.Revision())
 		if e.Operation() != jetstream.KeyValuePut {
 			delete(n.records, e.Key())
 			n.notifyLocked()
@@ -526,14 +531,55 @@ func (n *Node) watchRecords(ready chan struct{}) {
 		var r Record
 		if err := json.Unmarshal(e.Value(), &r); err != nil || (r.Workload == nil && r.Sandbox == nil) {
 			n.log.Warn("cluster: unreadable directory record", "key", e.Key(), "err", err)
+			n.notifyLocked()
 			return
 		}
-		if cur, ok := n.records[e.Key()]; ok && cur.rev > e.Revision() {
+		cur, ok := n.records[e.Key()]
+		switch {
+		case ok && cur.rev > e.Revision():
 			return
+		case ok && cur.local:
+			// A newer write of this node's is on its way: keep it, note the revision.
+			cur.rev = e.Revision()
+			n.records[e.Key()] = cur
+		default:
+			n.records[e.Key()] = cached{rec: &r, rev: e.Revision()}
 		}
-		n.records[e.Key()] = cached{rec: &r, rev: e.Revision()}
 		n.notifyLocked()
 	})
+}
+
+// CatchUp waits (at most 2 s) until this node's copy of the directory holds every record
+// write the bucket had when it was called, so a list here shows what another node wrote
+// just before (a workload run there a moment ago). Without NATS it returns at once.
+func (n *Node) CatchUp(ctx context.Context) {
+	if !n.Connected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := n.recKV.Status(ctx)
+	if err != nil {
+		return
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || bs.StreamInfo() == nil {
+		return
+	}
+	last := bs.StreamInfo().State.LastSeq
+	for {
+		n.mu.Lock()
+		seen, ch := n.recSeen, n.changed
+		n.mu.Unlock()
+		if seen >= last {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // pollNodes reads every announcement. A node is seen when its announcement's revision
@@ -575,8 +621,21 @@ func (n *Node) pollNodes(ctx context.Context) error {
 			delete(n.nodes, key) // left (deleted its announcement) or lapsed
 		}
 	}
+	n.polled = time.Now()
 	n.mu.Unlock()
 	return nil
+}
+
+// freshLocked reports whether an announcement seen at at is still within its TTL. It is
+// judged as of the last time this node could read the announcements: while NATS is out of
+// its reach this node cannot tell a dead node from a live one, so it keeps the view it
+// had (a call forwarded to a node that did die meanwhile fails saying so).
+func (n *Node) freshLocked(at time.Time) bool {
+	ref := time.Now()
+	if stale := ref.Add(-n.cfg.NodeTTL); n.polled.Before(stale) && !n.polled.IsZero() {
+		ref = n.polled
+	}
+	return ref.Sub(at) < n.cfg.NodeTTL
 }
 
 // watch runs a watcher over kv until the node closes, calling fn for each entry (nil
@@ -628,6 +687,10 @@ func sleep(ctx context.Context, d time.Duration) {
 // ErrNodeIDInUse is Join's answer when a live node already announces this node's id:
 // two processes under one id would take each other's records for a dead incarnation's.
 var ErrNodeIDInUse = errors.New("cluster: node id in use")
+
+// ErrUnreachable says this node cannot reach the cluster's NATS server now: what needs
+// the cluster (queuing a workload) waits until it is back.
+var ErrUnreachable = errors.New("the cluster's NATS server is unreachable from this node; retry later")
 
 // claimID makes sure no live node announces this id. A recent announcement (a crash a
 // moment ago, or another process) is watched until it either changes, which means a
@@ -714,11 +777,10 @@ func (n *Node) Nodes() []NodeInfo {
 
 func (n *Node) nodesLocked() []NodeInfo {
 	out := make([]NodeInfo, 0, len(n.nodes))
-	now := time.Now()
 	for _, s := range n.nodes {
 		info := s.info
-		info.Alive = now.Sub(s.at) < n.cfg.NodeTTL
 		info.Self = info.ID == n.cfg.NodeID
+		info.Alive = info.Self || n.freshLocked(s.at)
 		out = append(out, info)
 	}
 	slices.SortFunc(out, func(a, b NodeInfo) int { return strings.Compare(a.ID, b.ID) })
@@ -731,7 +793,7 @@ func (n *Node) aliveLocked(id string) (NodeInfo, bool) {
 		return NodeInfo{ID: id, Incarnation: n.inc, URL: n.cfg.Advertise, Alive: true, Self: true}, true
 	}
 	s, ok := n.nodes[id]
-	if !ok || time.Since(s.at) >= n.cfg.NodeTTL {
+	if !ok || !n.freshLocked(s.at) {
 		return NodeInfo{}, false
 	}
 	return s.info, true
@@ -949,9 +1011,9 @@ func (n *Node) claim(key string) (settled func()) {
 	}
 }
 
-// Landed blocks until the directory holds a record this node wrote (its watcher has
-// seen it come back from the bucket), for at most two seconds, and not at all while NATS
-// is away: a create answers only once every node can find what it made.
+// Landed blocks while this node's latest write of a record is not yet in the bucket, for
+// at most two seconds, and not at all while NATS is away or for a record this node never
+// wrote: a create, a kill, a pause answers only once every node can see what it did.
 func (n *Node) Landed(ctx context.Context, kind, id string) {
 	if !n.Connected() {
 		return
@@ -964,7 +1026,7 @@ func (n *Node) Landed(ctx context.Context, kind, id string) {
 		c, ok := n.records[key]
 		ch := n.changed
 		n.mu.Unlock()
-		if ok && c.rev > 0 {
+		if !ok || c.rev > 0 && !c.local {
 			return
 		}
 		select {
@@ -981,5 +1043,6 @@ func (n *Node) WaitDone(ctx context.Context, id string) (Location, error) {
 	if _, err := n.waitFor(ctx, workloadKey(id), (*Record).Terminal); err != nil {
 		return Location{}, err
 	}
+	n.Landed(ctx, "w", id) // ended here: answer once the directory has the end too
 	return n.Locate(ctx, "w", id), nil
 }

@@ -42,9 +42,9 @@ func (n *Node) queue(key string, r *Record) {
 	n.mu.Lock()
 	n.outbox[key] = r
 	if c, ok := n.records[key]; ok {
-		n.records[key] = cached{rec: r, rev: c.rev}
+		n.records[key] = cached{rec: r, rev: c.rev, local: true}
 	} else {
-		n.records[key] = cached{rec: r}
+		n.records[key] = cached{rec: r, local: true}
 	}
 	n.notifyLocked()
 	n.mu.Unlock()
@@ -84,17 +84,26 @@ func (n *Node) flushOutbox(timeout time.Duration) {
 	failed := 0
 	for key, r := range batch {
 		b, err := json.Marshal(r)
+		var rev uint64
 		if err == nil {
-			_, err = n.recKV.Put(ctx, key, b)
+			rev, err = n.recKV.Put(ctx, key, b)
 		}
-		if err != nil {
-			failed++
+		if err == nil {
 			n.mu.Lock()
-			if _, newer := n.outbox[key]; !newer {
-				n.outbox[key] = r
+			if c, ok := n.records[key]; ok && c.rec == r { // no newer write meanwhile
+				c.rev, c.local = max(c.rev, rev), false
+				n.records[key] = c
+				n.notifyLocked()
 			}
 			n.mu.Unlock()
+			continue
 		}
+		failed++
+		n.mu.Lock()
+		if _, newer := n.outbox[key]; !newer {
+			n.outbox[key] = r
+		}
+		n.mu.Unlock()
 	}
 	if failed > 0 {
 		n.m.outboxRetries.Add(float64(failed))

@@ -32,6 +32,9 @@ func (n *Node) Submit(ctx context.Context, spec model.Spec) (*model.Workload, er
 	if n.deps.Engine == nil {
 		return nil, errors.New("cluster: this node has no engine")
 	}
+	if !n.Connected() {
+		return nil, ErrUnreachable
+	}
 	spec, err := n.deps.Engine.Validate(spec)
 	if err != nil {
 		return nil, err
@@ -62,7 +65,8 @@ func (n *Node) Submit(ctx context.Context, spec model.Spec) (*model.Workload, er
 		n.dropSpec(msg)
 		return nil, fmt.Errorf("%w (the cluster's queue is full or unreachable: %v)", engine.ErrBusy, err)
 	}
-	if _, err := n.recKV.Create(ctx, key, rec); err != nil {
+	rev, err := n.recKV.Create(ctx, key, rec)
+	if err != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		_ = n.stream.DeleteMsg(dctx, ack.Sequence)
 		cancel()
@@ -71,7 +75,7 @@ func (n *Node) Submit(ctx context.Context, spec model.Spec) (*model.Workload, er
 	}
 	n.mu.Lock()
 	if _, ok := n.records[key]; !ok {
-		n.records[key] = cached{rec: workloadRecord(w)}
+		n.records[key] = cached{rec: workloadRecord(w), rev: rev}
 	}
 	n.mu.Unlock()
 	n.m.queued.Inc()

@@ -179,6 +179,8 @@ func (s *Server) clusterFront(next http.Handler) http.Handler {
 			s.queuedWorkload(w, r, id, rest, next)
 		case kind == "s" && isResume(r, rest):
 			s.adoptPaused(w, r, id, loc, next)
+		case kind == "s" && r.Method == http.MethodDelete && rest == "":
+			s.killLost(w, r, id, loc)
 		default:
 			s.lostRecord(w, r, kind, id, rest, loc)
 		}
@@ -294,6 +296,22 @@ func (s *Server) recorded(wl *model.Workload) Workload {
 		out.Truncated, out.OutputOn = true, by
 	}
 	return out
+}
+
+// killLost kills a sandbox whose node is gone: a paused one ends killed in the directory
+// (cluster.Node.KillPaused); anything else gets the lost-node answer.
+func (s *Server) killLost(w http.ResponseWriter, r *http.Request, id string, loc cluster.Location) {
+	sb, err := s.o.Cluster.KillPaused(r.Context(), id)
+	if err != nil {
+		s.lostRecord(w, r, "s", id, "", loc)
+		return
+	}
+	w.Header().Set("X-Vulcan-Owner", loc.Node)
+	if e2b.IsControlPlane(r) {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeJSON(w, http.StatusOK, NewSandbox(sb))
 }
 
 // lostRecord answers about a record whose node is gone: reads get the directory's copy

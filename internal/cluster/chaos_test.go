@@ -497,3 +497,60 @@ func metricValue(t *testing.T, url, name string) float64 {
 	}
 	return sum
 }
+
+// TestClusterKillPausedOfDeadNode: a paused sandbox whose node is gone can be killed
+// through any node (its record ends killed, its stored saved VM goes, a resume is then
+// refused), and its node, back on its data, ends its own copy and drops its saved VM.
+func TestClusterKillPausedOfDeadNode(t *testing.T) {
+	nats := clustertest.Start(t)
+	dir := t.TempDir()
+	owner := startProc(t, nats.URL, "kp-o", filepath.Join(dir, "o"))
+	other := startProc(t, nats.URL, "kp-z", filepath.Join(dir, "z"))
+	eventually(t, "two live nodes", 20*time.Second, func() bool { return liveNodes(clusterStatus(t, other.url)) == 2 })
+	ctx := context.Background()
+	cz := client.New(other.url, "")
+	sb := sandboxOn(t, owner)
+	if _, err := cz.PauseSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the saved VM stored in the cluster", 20*time.Second, func() bool {
+		return metricValue(t, owner.url, "vulcan_cluster_paused_stored_total") >= 1
+	})
+	owner.kill()
+
+	var killed *api.Sandbox
+	var err error
+	deadline := time.Now().Add(20 * time.Second)
+	for { // 503 until the cluster has seen the owner go
+		if killed, err = cz.KillSandbox(ctx, sb.ID); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kill through the other node after the owner died: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if killed.State != model.SandboxKilled {
+		t.Fatalf("killed: %+v", killed)
+	}
+	if got, err := cz.GetSandbox(ctx, sb.ID); err != nil || got.State != model.SandboxKilled {
+		t.Fatalf("after the kill: %+v %v", got, err)
+	}
+	if _, err := cz.ResumeSandbox(ctx, sb.ID, 0); err == nil {
+		t.Fatal("a killed sandbox resumed")
+	}
+
+	if _, err := os.Stat(filepath.Join(owner.data, "paused", sb.ID, "paused.json")); err != nil {
+		t.Fatalf("the dead owner's saved VM: %v", err)
+	}
+	o2 := startProc(t, nats.URL, "kp-o", owner.data)
+	eventually(t, "two live nodes again", 20*time.Second, func() bool { return liveNodes(clusterStatus(t, other.url)) == 2 })
+	eventually(t, "the owner ends its copy", 10*time.Second, func() bool {
+		got, node := servedBy(t, o2, sb.ID)
+		_, err := os.Stat(filepath.Join(owner.data, "paused", sb.ID))
+		return got.State == model.SandboxKilled && node == o2.id && os.IsNotExist(err)
+	})
+	if _, err := client.New(o2.url, "").ResumeSandbox(ctx, sb.ID, 0); err == nil {
+		t.Fatal("the returned owner resumed a sandbox the cluster killed")
+	}
+}

@@ -142,14 +142,19 @@ func (n *Node) sync(ctx context.Context) {
 			break
 		}
 		for _, sb := range sbs {
-			switch key := sandboxKey(sb.ID); {
+			key := sandboxKey(sb.ID)
+			switch {
 			case n.needsPush(key):
 				n.SandboxWritten(sb)
 				pushed++
-			case !sb.State.Terminal() && n.ownedElsewhere(key) && n.deps.PausedDir != nil:
-				// Another node took it over while this one was down (a resume this
-				// node had begun, say): the saved VM left here is nobody's.
-				if dir := n.deps.PausedDir(sb.ID); dir != "" {
+				continue
+			case sb.State.Terminal():
+				continue
+			}
+			// Unfinished here, not this node's to push: the cluster ended it (killed while
+			// paused) or another node took it over (a resume this node had begun, say).
+			if !n.endedHere(ctx, key) && n.ownedElsewhere(key) && n.deps.PausedDir != nil {
+				if dir := n.deps.PausedDir(sb.ID); dir != "" { // nobody's now
 					if err := os.RemoveAll(dir); err != nil {
 						n.log.Warn("cluster: removing the saved VM of a sandbox taken over", "sandbox", sb.ID, "err", err)
 					}
@@ -164,6 +169,30 @@ func (n *Node) sync(ctx context.Context) {
 	if pushed > 0 {
 		n.log.Info("cluster: pushed this node's records the directory lacked", "n", pushed)
 	}
+}
+
+// endedHere applies to this node's store the end the directory has for a sandbox of
+// this node's that its store still has unfinished (killed while paused and this node
+// was down), dropping its saved VM, and reports whether it did.
+func (n *Node) endedHere(ctx context.Context, key string) bool {
+	n.mu.Lock()
+	c, ok := n.records[key]
+	n.mu.Unlock()
+	if !ok || c.rec.Sandbox == nil || !c.rec.Terminal() || c.rec.Node != n.cfg.NodeID {
+		return false
+	}
+	_, ended := c.rec.model()
+	if err := n.deps.Store.UpdateSandbox(ctx, ended); err != nil {
+		n.log.Warn("cluster: ending a sandbox the cluster ended", "sandbox", ended.ID, "err", err)
+		return false
+	}
+	if n.deps.PausedDir != nil {
+		if dir := n.deps.PausedDir(ended.ID); dir != "" {
+			_ = os.RemoveAll(dir)
+		}
+	}
+	n.log.Info("cluster: ended a sandbox the cluster ended while this node was away", "sandbox", ended.ID, "state", ended.State)
+	return true
 }
 
 // ownedElsewhere reports whether the directory names another node as key's owner.

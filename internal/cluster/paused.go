@@ -156,6 +156,36 @@ func (n *Node) ClaimPaused(ctx context.Context, id, dir string, adopt func(conte
 	return nil
 }
 
+// KillPaused kills a paused sandbox whose node is gone: its record ends killed (a
+// compare-and-set, so a takeover racing it wins or loses whole) and its stored saved VM
+// is deleted. When the node comes back it ends its own copy (sync). ErrNotAdoptable when
+// the sandbox is not paused or its node is alive.
+func (n *Node) KillPaused(ctx context.Context, id string) (*model.Sandbox, error) {
+	key := sandboxKey(id)
+	r, rev, err := n.get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotAdoptable, err)
+	}
+	if loc := n.Locate(ctx, "s", id); r.Sandbox == nil || r.Sandbox.State != model.SandboxPaused || loc.Alive {
+		return nil, fmt.Errorf("%w: it is not a paused sandbox of a node that is gone", ErrNotAdoptable)
+	}
+	killed := *r
+	sb := *r.Sandbox
+	now := time.Now().UTC()
+	sb.State, sb.Error, sb.EndedAt = model.SandboxKilled, fmt.Sprintf("killed by request while paused (its node %s was gone)", r.Node), &now
+	killed.Sandbox = &sb
+	if err := n.update(key, &killed, rev); err != nil {
+		return nil, fmt.Errorf("%w: it changed meanwhile (%v)", ErrNotAdoptable, err)
+	}
+	if n.paused != nil {
+		if err := n.paused.Delete(ctx, id); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			n.log.Warn("cluster: deleting a killed sandbox's stored saved VM", "sandbox", id, "err", err)
+		}
+	}
+	_, out := killed.model()
+	return out, nil
+}
+
 // fetchPaused unpacks the stored saved VM of id into dir (made fresh), keeping holes.
 // Only the files a saved VM has are accepted, as regular files.
 func (n *Node) fetchPaused(ctx context.Context, id, dir string) (err error) {

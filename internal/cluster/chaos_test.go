@@ -186,20 +186,8 @@ func TestClusterChaos(t *testing.T) {
 	ctx := context.Background()
 	ca := client.New(a.url, "")
 
-	// A sandbox on the victim (a forwarded create is served where it lands).
-	req, _ := http.NewRequest(http.MethodPost, v.url+"/v1/sandboxes", strings.NewReader(`{"template":"python"}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(cluster.ForwardedHeader, "test")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sb api.Sandbox
-	json.NewDecoder(resp.Body).Decode(&sb)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated || sb.ID == "" {
-		t.Fatalf("sandbox on the victim: %d", resp.StatusCode)
-	}
+	// A sandbox on the victim.
+	sb := sandboxOn(t, v)
 
 	// Workloads that end before the kill, small and large output; those the victim ran
 	// are read through another node after it dies.
@@ -371,6 +359,18 @@ func sandboxOn(t *testing.T, p *proc) api.Sandbox {
 	return sb
 }
 
+// pauseStored pauses sandbox id through c and waits until its owner has stored the saved
+// VM in the cluster.
+func pauseStored(t *testing.T, c *client.Client, owner *proc, id string) {
+	t.Helper()
+	if _, err := c.PauseSandbox(context.Background(), id); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	eventually(t, "the saved VM stored in the cluster", 20*time.Second, func() bool {
+		return metricValue(t, owner.url, "vulcan_cluster_paused_stored_total") >= 1
+	})
+}
+
 // servedBy GETs the sandbox through p and returns it with the node that served it.
 func servedBy(t *testing.T, p *proc, id string) (api.Sandbox, string) {
 	t.Helper()
@@ -406,12 +406,7 @@ func TestClusterTakeoverDies(t *testing.T) {
 	if _, err := cz.WriteFile(ctx, sb.ID, "kept", 0o644, bytes.NewReader(payload)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ct.PauseSandbox(ctx, sb.ID); err != nil {
-		t.Fatalf("pause through the taker: %v", err)
-	}
-	eventually(t, "the saved VM stored in the cluster", 20*time.Second, func() bool {
-		return metricValue(t, owner.url, "vulcan_cluster_paused_stored_total") >= 1
-	})
+	pauseStored(t, ct, owner, sb.ID)
 	owner.kill()
 
 	// The taker holds its resume; it is killed there.
@@ -510,12 +505,7 @@ func TestClusterKillPausedOfDeadNode(t *testing.T) {
 	ctx := context.Background()
 	cz := client.New(other.url, "")
 	sb := sandboxOn(t, owner)
-	if _, err := cz.PauseSandbox(ctx, sb.ID); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the saved VM stored in the cluster", 20*time.Second, func() bool {
-		return metricValue(t, owner.url, "vulcan_cluster_paused_stored_total") >= 1
-	})
+	pauseStored(t, cz, owner, sb.ID)
 	owner.kill()
 
 	var killed *api.Sandbox

@@ -290,7 +290,10 @@ func (s *Server) adoptPaused(w http.ResponseWriter, r *http.Request, id string, 
 
 // recorded is the wire form of a workload read from the directory: when its output stayed
 // on its node (too large for the record), it says so (truncated, output_on).
-func (s *Server) recorded(wl *model.Workload) Workload {
+func (s *Server) recorded(ctx context.Context, wl *model.Workload) Workload {
+	if full, err := s.o.Cluster.Result(ctx, wl.ID); err == nil {
+		wl = full
+	}
 	out := NewWorkload(wl)
 	if by := s.o.Cluster.OutputHeldBy(wl.ID); by != "" {
 		out.Truncated, out.OutputOn = true, by
@@ -323,7 +326,7 @@ func (s *Server) lostRecord(w http.ResponseWriter, r *http.Request, kind, id, re
 	if r.Method == http.MethodGet && rest == "" && !e2b.IsEnvd(r) && !e2b.IsControlPlane(r) {
 		switch {
 		case wl != nil:
-			writeJSON(w, http.StatusOK, s.recorded(wl))
+			writeJSON(w, http.StatusOK, s.recorded(r.Context(), wl))
 			return
 		case sb != nil:
 			writeJSON(w, http.StatusOK, NewSandbox(sb))
@@ -582,7 +585,7 @@ func (s *Server) clusterSubmit(w http.ResponseWriter, r *http.Request, spec mode
 			s.writeError(w, r, fmt.Errorf("%w: workload %s vanished from the directory", errNodeLost, wl.ID))
 			return
 		}
-		writeJSON(w, http.StatusOK, s.recorded(done))
+		writeJSON(w, http.StatusOK, s.recorded(r.Context(), done))
 	}
 }
 

@@ -284,6 +284,22 @@ type cached struct {
 	rev uint64
 	// local: rec is this node's write, not yet in the bucket (rev is an older one's).
 	local bool
+	// output: the bucket's record carries the workload's output, which rec (kept in
+	// memory for every record in the cluster) goes without; Result reads it.
+	output bool
+}
+
+// lean returns r without a workload's output (r itself when it has none), and whether it
+// had some.
+func (r *Record) lean() (*Record, bool) {
+	w := r.Workload
+	if w == nil || w.Output == "" && w.Stdout == "" && w.Stderr == "" {
+		return r, false
+	}
+	c, wc := *r, *w
+	wc.Output, wc.Stdout, wc.Stderr = "", "", ""
+	c.Workload = &wc
+	return &c, true
 }
 
 // Join connects to NATS, makes the cluster's buckets and stream when missing, loads the
@@ -543,7 +559,8 @@ func (n *Node) watchRecords(ready chan struct{}) {
 			cur.rev = e.Revision()
 			n.records[e.Key()] = cur
 		default:
-			n.records[e.Key()] = cached{rec: &r, rev: e.Revision()}
+			rec, out := r.lean()
+			n.records[e.Key()] = cached{rec: rec, rev: e.Revision(), output: out}
 		}
 		n.notifyLocked()
 	})
@@ -863,8 +880,7 @@ func (n *Node) Workloads(f store.Filter) ([]*model.Workload, int) {
 	}
 	var all []*model.Workload
 	for _, r := range n.recordsWith("w.") {
-		w, _ := r.model()
-		w.Output, w.Stdout, w.Stderr = "", "", "" // as documented: GET the workload for it
+		w, _ := r.model() // without output, as documented: GET the workload for it
 		if (f.Status != "" && w.Status != f.Status) || (f.Runtime != "" && w.Spec.Runtime != f.Runtime) ||
 			(f.Isolation != "" && w.Spec.Isolation != f.Isolation) {
 			continue
@@ -941,6 +957,30 @@ func (n *Node) Record(kind, id string) (*model.Workload, *model.Sandbox, bool) {
 	}
 	w, sb := c.rec.model()
 	return w, sb, true
+}
+
+// Result returns the directory's record of workload id with the output it keeps (read
+// from the bucket: this node's copy holds no outputs).
+func (n *Node) Result(ctx context.Context, id string) (*model.Workload, error) {
+	key := workloadKey(id)
+	n.mu.Lock()
+	c, ok := n.records[key]
+	n.mu.Unlock()
+	if ok && !c.output {
+		w, _ := c.rec.model()
+		if w != nil {
+			return w, nil
+		}
+	}
+	r, _, err := n.get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	w, _ := r.model()
+	if w == nil {
+		return nil, fmt.Errorf("cluster: record %s is not a workload", key)
+	}
+	return w, nil
 }
 
 // OutputHeldBy names the node whose store alone has workload id's output (too large for

@@ -92,6 +92,7 @@ func (n *Node) flushOutbox(timeout time.Duration) {
 			n.mu.Lock()
 			if c, ok := n.records[key]; ok && c.rec == r { // no newer write meanwhile
 				c.rev, c.local = max(c.rev, rev), false
+				c.rec, c.output = r.lean()
 				n.records[key] = c
 				n.notifyLocked()
 			}

@@ -504,8 +504,14 @@ func TestClusterKillPausedOfDeadNode(t *testing.T) {
 	eventually(t, "two live nodes", 20*time.Second, func() bool { return liveNodes(clusterStatus(t, other.url)) == 2 })
 	ctx := context.Background()
 	cz := client.New(other.url, "")
-	sb := sandboxOn(t, owner)
+	sb, viaE2B := sandboxOn(t, owner), sandboxOn(t, owner)
 	pauseStored(t, cz, owner, sb.ID)
+	if _, err := cz.PauseSandbox(ctx, viaE2B.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both saved VMs stored", 20*time.Second, func() bool {
+		return metricValue(t, owner.url, "vulcan_cluster_paused_stored_total") >= 2
+	})
 	owner.kill()
 
 	var killed *api.Sandbox
@@ -528,6 +534,20 @@ func TestClusterKillPausedOfDeadNode(t *testing.T) {
 	}
 	if _, err := cz.ResumeSandbox(ctx, sb.ID, 0); err == nil {
 		t.Fatal("a killed sandbox resumed")
+	}
+	// E2B's kill (the SDK's Sandbox.kill) of the other: 204, and it is killed.
+	req, _ := http.NewRequest(http.MethodDelete, other.url+"/sandboxes/"+viaE2B.ID, nil)
+	req.Header.Set("X-API-Key", "e2b_test")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("E2B kill of a paused sandbox whose node is gone: %d", resp.StatusCode)
+	}
+	if got, err := cz.GetSandbox(ctx, viaE2B.ID); err != nil || got.State != model.SandboxKilled {
+		t.Fatalf("after the E2B kill: %+v %v", got, err)
 	}
 
 	if _, err := os.Stat(filepath.Join(owner.data, "paused", sb.ID, "paused.json")); err != nil {

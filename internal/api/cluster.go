@@ -34,6 +34,10 @@ import (
 // NodeHeader names the node that served a cluster call.
 const NodeHeader = "X-Vulcan-Node"
 
+// adoptHeader, on a resume forwarded to another node, asks it to take over the paused
+// sandbox of a node that is gone (it has the template; the sender does not).
+const adoptHeader = "X-Vulcan-Adopt"
+
 var (
 	errNodeLost   = errors.New("node lost")
 	errNoCapacity = errors.New("no capacity")
@@ -158,6 +162,13 @@ func (s *Server) clusterFront(next http.Handler) http.Handler {
 			}
 		}
 		if r.Header.Get(cluster.ForwardedHeader) != "" {
+			if ok && kind == "s" && r.Header.Get(adoptHeader) != "" && isResume(r, rest) {
+				// Sent here to take over a paused sandbox whose node is gone.
+				if loc := c.Locate(r.Context(), kind, id); !loc.Alive {
+					s.adoptPaused(w, r, id, loc, next)
+					return
+				}
+			}
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -272,6 +283,14 @@ func isResume(r *http.Request, rest string) bool {
 // (sandbox.Service.Adopt), then serves the resume. A sandbox that cannot be taken over
 // (not paused, never stored) gets the lost-node answer.
 func (s *Server) adoptPaused(w http.ResponseWriter, r *http.Request, id string, loc cluster.Location, next http.Handler) {
+	if r.Header.Get(adoptHeader) == "" {
+		// Where its template is: a node without it would claim a sandbox it cannot run.
+		if to := s.o.Cluster.ResumeTarget(id); !to.Self {
+			r.Header.Set(adoptHeader, s.o.Cluster.ID())
+			s.forward(w, r, to.URL)
+			return
+		}
+	}
 	if s.o.Sandboxes == nil || s.o.Sandboxes.PausedDir(id) == "" {
 		s.lostRecord(w, r, "s", id, "resume", loc)
 		return

@@ -22,6 +22,7 @@ import (
 	"github.com/vulcanhq/vulcan/internal/client"
 	"github.com/vulcanhq/vulcan/internal/cluster"
 	"github.com/vulcanhq/vulcan/internal/engine"
+	"github.com/vulcanhq/vulcan/internal/images"
 	"github.com/vulcanhq/vulcan/internal/model"
 	"github.com/vulcanhq/vulcan/internal/sandbox"
 	"github.com/vulcanhq/vulcan/internal/sandbox/sandboxtest"
@@ -80,8 +81,22 @@ func TestHelperNode(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	}
+	// VULCAN_HELPER_TEMPLATES (comma-separated) are the templates the node announces, from
+	// an images dir of empty stand-ins (its sandboxes are agents: they need no image).
+	imagesDir := ""
+	if list := os.Getenv("VULCAN_HELPER_TEMPLATES"); list != "" {
+		imagesDir = filepath.Join(data, "images")
+		if err := os.MkdirAll(imagesDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, tpl := range strings.Split(list, ",") {
+			rt := model.Runtime(tpl)
+			os.WriteFile(filepath.Join(imagesDir, images.RootFSFile(rt)), nil, 0o644)
+			os.WriteFile(filepath.Join(imagesDir, images.RootFSManifestFile(rt)), []byte(`{"runtime":"`+tpl+`"}`), 0o644)
+		}
+	}
 	s := servertest.New(t, servertest.Options{
-		Engine: engine.Config{MaxConcurrent: 2, QueueSize: 16}, Fake: fake, Store: st,
+		Engine: engine.Config{MaxConcurrent: 2, QueueSize: 16}, Fake: fake, Store: st, ImagesDir: imagesDir,
 		Launcher: launcher, Sandbox: sandbox.Config{MemBudgetMB: 2048, PausedDir: filepath.Join(data, "paused")},
 		Cluster: &cluster.Config{URL: os.Getenv("VULCAN_HELPER_NATS"), NodeID: os.Getenv("VULCAN_HELPER_ID"),
 			Heartbeat: 200 * time.Millisecond, NodeTTL: time.Second, AckWait: 3 * time.Second},
@@ -106,10 +121,10 @@ type proc struct {
 	cmd           *exec.Cmd
 }
 
-func startProc(t *testing.T, natsURL, id, data string) *proc {
+func startProc(t *testing.T, natsURL, id, data string, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperNode$", "-test.v")
-	cmd.Env = append(os.Environ(), "VULCAN_HELPER_NODE="+data, "VULCAN_HELPER_NATS="+natsURL, "VULCAN_HELPER_ID="+id)
+	cmd.Env = append(append(os.Environ(), "VULCAN_HELPER_NODE="+data, "VULCAN_HELPER_NATS="+natsURL, "VULCAN_HELPER_ID="+id), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -562,5 +577,46 @@ func TestClusterKillPausedOfDeadNode(t *testing.T) {
 	})
 	if _, err := client.New(o2.url, "").ResumeSandbox(ctx, sb.ID, 0); err == nil {
 		t.Fatal("the returned owner resumed a sandbox the cluster killed")
+	}
+}
+
+// TestClusterResumeWhereTheTemplateIs: a resume that reaches a node without the paused
+// sandbox's template is sent on to a live node that has it, which takes the sandbox over
+// (a node without the template would claim a sandbox it cannot run, and keep it).
+func TestClusterResumeWhereTheTemplateIs(t *testing.T) {
+	nats := clustertest.Start(t)
+	dir := t.TempDir()
+	owner := startProc(t, nats.URL, "rt-o", filepath.Join(dir, "o"), "VULCAN_HELPER_TEMPLATES=python,node")
+	nodeOnly := startProc(t, nats.URL, "rt-n", filepath.Join(dir, "n"), "VULCAN_HELPER_TEMPLATES=node")
+	withPython := startProc(t, nats.URL, "rt-p", filepath.Join(dir, "p"), "VULCAN_HELPER_TEMPLATES=python")
+	eventually(t, "three live nodes", 20*time.Second, func() bool { return liveNodes(clusterStatus(t, nodeOnly.url)) == 3 })
+	ctx := context.Background()
+	cn := client.New(nodeOnly.url, "")
+	sb := sandboxOn(t, owner)
+	if _, err := cn.WriteFile(ctx, sb.ID, "kept", 0o644, strings.NewReader("python lives here")); err != nil {
+		t.Fatal(err)
+	}
+	pauseStored(t, cn, owner, sb.ID)
+	owner.kill()
+	var err error
+	deadline := time.Now().Add(20 * time.Second)
+	for { // 503 until the cluster has seen the owner go
+		if _, err = cn.ResumeSandbox(ctx, sb.ID, 0); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("resume through the node without python: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, p := range []*proc{nodeOnly, withPython} {
+		got, node := servedBy(t, p, sb.ID)
+		if got.State != model.SandboxRunning || node != withPython.id {
+			t.Fatalf("through %s: %s on %q, want running on %s (the node with python)", p.id, got.State, node, withPython.id)
+		}
+	}
+	var back strings.Builder
+	if _, err := cn.ReadFile(ctx, sb.ID, "kept", &back); err != nil || back.String() != "python lives here" {
+		t.Fatalf("the file after the takeover: %q %v", back.String(), err)
 	}
 }

@@ -65,3 +65,41 @@ func (n *Node) AnyCanSandbox() bool {
 	}
 	return false
 }
+
+// ResumeTarget picks the node where a paused sandbox whose node is gone should resume:
+// this one when it has the sandbox's template, else the live node with the template and
+// the most room (or, none having room, any live node with it). When no live node
+// announces the template this node is as good as any (and says why if it cannot).
+func (n *Node) ResumeTarget(id string) NodeInfo {
+	self := NodeInfo{ID: n.cfg.NodeID, URL: n.cfg.Advertise, Alive: true, Self: true}
+	n.mu.Lock()
+	c, ok := n.records[sandboxKey(id)]
+	n.mu.Unlock()
+	if !ok || c.rec.SandboxSpec == nil || c.rec.SandboxSpec.Template == "" {
+		return self
+	}
+	spec := c.rec.SandboxSpec
+	template := string(spec.Template)
+	fits := n.Place(Need{Template: template, MemMB: spec.Resources.MemMB, CPUs: spec.Resources.CPUs})
+	for _, f := range fits {
+		if f.Self {
+			return f
+		}
+	}
+	if len(fits) > 0 {
+		return fits[0]
+	}
+	var with []NodeInfo
+	for _, info := range n.Nodes() {
+		if info.Alive && info.CanSandbox && slices.Contains(info.Templates, template) {
+			if info.Self {
+				return info
+			}
+			with = append(with, info)
+		}
+	}
+	if len(with) > 0 {
+		return with[0]
+	}
+	return self
+}

@@ -50,6 +50,8 @@ type Options struct {
 	TemplateImages string
 	// Sandbox sizes the sandbox service (budgets, limits).
 	Sandbox sandbox.Config
+	// ImagesDir is the images dir the node announces templates from (none when empty).
+	ImagesDir string
 	// Store, when set, is the stack's store (a node restarted on its data); nil: a new one.
 	Store *store.Store
 	// Cluster, when set, joins the cluster it describes (its Advertise is set here).
@@ -80,7 +82,7 @@ func New(t testing.TB, o Options) *Stack {
 	}
 	templateDir := ""
 	so := server.Options{Store: st, Registry: reg, Engine: o.Engine, Sandbox: o.Sandbox, Launcher: o.Launcher, NoSandboxes: o.Launcher == nil,
-		Logger: slog.New(slog.DiscardHandler)}
+		ImagesDir: o.ImagesDir, Logger: slog.New(slog.DiscardHandler)}
 	hs := httptest.NewUnstartedServer(nil)
 	if o.Cluster != nil {
 		cc := *o.Cluster

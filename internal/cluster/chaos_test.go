@@ -374,6 +374,23 @@ func sandboxOn(t *testing.T, p *proc) api.Sandbox {
 	return sb
 }
 
+// untilOK retries fn until it succeeds, failing the test with its last error after d: a
+// call about a dead node's sandbox answers 503 until the cluster has seen the node go.
+func untilOK(t *testing.T, what string, d time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // pauseStored pauses sandbox id through c and waits until its owner has stored the saved
 // VM in the cluster.
 func pauseStored(t *testing.T, c *client.Client, owner *proc, id string) {
@@ -447,18 +464,10 @@ func TestClusterTakeoverDies(t *testing.T) {
 
 	// The third node takes it over once the taker's announcement lapses.
 	var resumed *api.Sandbox
-	var err error
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if resumed, err = cz.ResumeSandbox(ctx, sb.ID, 0); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			got, _ := cz.GetSandbox(ctx, sb.ID)
-			t.Fatalf("resume through the third node after the taker died mid-resume: %v (the sandbox: %+v)", err, got)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	untilOK(t, "resume through the third node after the taker died mid-resume", 30*time.Second, func() (err error) {
+		resumed, err = cz.ResumeSandbox(ctx, sb.ID, 0)
+		return err
+	})
 	if resumed.State != model.SandboxRunning {
 		t.Fatalf("resumed: %+v", resumed)
 	}
@@ -530,17 +539,10 @@ func TestClusterKillPausedOfDeadNode(t *testing.T) {
 	owner.kill()
 
 	var killed *api.Sandbox
-	var err error
-	deadline := time.Now().Add(20 * time.Second)
-	for { // 503 until the cluster has seen the owner go
-		if killed, err = cz.KillSandbox(ctx, sb.ID); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kill through the other node after the owner died: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	untilOK(t, "kill through the other node after the owner died", 20*time.Second, func() (err error) {
+		killed, err = cz.KillSandbox(ctx, sb.ID)
+		return err
+	})
 	if killed.State != model.SandboxKilled {
 		t.Fatalf("killed: %+v", killed)
 	}
@@ -598,17 +600,10 @@ func TestClusterResumeWhereTheTemplateIs(t *testing.T) {
 	}
 	pauseStored(t, cn, owner, sb.ID)
 	owner.kill()
-	var err error
-	deadline := time.Now().Add(20 * time.Second)
-	for { // 503 until the cluster has seen the owner go
-		if _, err = cn.ResumeSandbox(ctx, sb.ID, 0); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("resume through the node without python: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	untilOK(t, "resume through the node without python", 20*time.Second, func() error {
+		_, err := cn.ResumeSandbox(ctx, sb.ID, 0)
+		return err
+	})
 	for _, p := range []*proc{nodeOnly, withPython} {
 		got, node := servedBy(t, p, sb.ID)
 		if got.State != model.SandboxRunning || node != withPython.id {

@@ -880,7 +880,10 @@ func (n *Node) Workloads(f store.Filter) ([]*model.Workload, int) {
 	}
 	var all []*model.Workload
 	for _, r := range n.recordsWith("w.") {
-		w, _ := r.model() // without output, as documented: GET the workload for it
+		w, _ := r.model()
+		// As documented: GET the workload for its output (this node's own records hold
+		// it until their write lands).
+		w.Output, w.Stdout, w.Stderr = "", "", ""
 		if (f.Status != "" && w.Status != f.Status) || (f.Runtime != "" && w.Spec.Runtime != f.Runtime) ||
 			(f.Isolation != "" && w.Spec.Isolation != f.Isolation) {
 			continue

@@ -154,12 +154,8 @@ func (n *Node) sync(ctx context.Context) {
 			}
 			// Unfinished here, not this node's to push: the cluster ended it (killed while
 			// paused) or another node took it over (a resume this node had begun, say).
-			if !n.endedHere(ctx, key) && n.ownedElsewhere(key) && n.deps.PausedDir != nil {
-				if dir := n.deps.PausedDir(sb.ID); dir != "" { // nobody's now
-					if err := os.RemoveAll(dir); err != nil {
-						n.log.Warn("cluster: removing the saved VM of a sandbox taken over", "sandbox", sb.ID, "err", err)
-					}
-				}
+			if ended := n.endedHere(ctx, key); !ended && n.ownedElsewhere(key) {
+				n.dropSavedVM(sb.ID) // nobody's now
 			}
 		}
 		if !more || len(sbs) == 0 {
@@ -187,13 +183,21 @@ func (n *Node) endedHere(ctx context.Context, key string) bool {
 		n.log.Warn("cluster: ending a sandbox the cluster ended", "sandbox", ended.ID, "err", err)
 		return false
 	}
-	if n.deps.PausedDir != nil {
-		if dir := n.deps.PausedDir(ended.ID); dir != "" {
-			_ = os.RemoveAll(dir)
-		}
-	}
+	n.dropSavedVM(ended.ID)
 	n.log.Info("cluster: ended a sandbox the cluster ended while this node was away", "sandbox", ended.ID, "state", ended.State)
 	return true
+}
+
+// dropSavedVM removes this node's saved VM of sandbox id, one no sandbox here will use.
+func (n *Node) dropSavedVM(id string) {
+	if n.deps.PausedDir == nil {
+		return
+	}
+	if dir := n.deps.PausedDir(id); dir != "" {
+		if err := os.RemoveAll(dir); err != nil {
+			n.log.Warn("cluster: removing a saved VM no sandbox here uses", "sandbox", id, "err", err)
+		}
+	}
 }
 
 // ownedElsewhere reports whether the directory names another node as key's owner.

@@ -42,7 +42,7 @@ var ErrNotAdoptable = errors.New("cannot take the sandbox over")
 // running again or ended → drop the stored copy. A resume under way (starting) keeps it:
 // if this node dies mid-resume, another takes the sandbox over from it.
 func (n *Node) pausedChanged(sb *model.Sandbox) {
-	if n.deps.PausedDir == nil || n.paused == nil {
+	if n.deps.PausedDir == nil || n.paused == nil || sb.State == model.SandboxStarting {
 		return
 	}
 	n.mu.Lock()
@@ -50,8 +50,6 @@ func (n *Node) pausedChanged(sb *model.Sandbox) {
 	switch {
 	case sb.State == model.SandboxPaused:
 		n.storedPaused[sb.ID] = struct{}{}
-	case sb.State == model.SandboxStarting:
-		stored = false // nothing to do yet
 	case stored:
 		delete(n.storedPaused, sb.ID)
 	}

@@ -550,11 +550,16 @@ func (v *vm) bootError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("boot interrupted: %w", ctx.Err())
 	}
-	console := ""
+	return fmt.Errorf("vm %s did not boot: %w%s", v.id, err, v.consoleTail())
+}
+
+// consoleTail is "; console: " and the end of the guest's console log, or "" when it is
+// empty: for errors that the guest's own words may explain.
+func (v *vm) consoleTail() string {
 	if c := vmm.Tail(filepath.Join(v.dir, "console.log"), 1024); c != "" {
-		console = "; console: " + c
+		return "; console: " + c
 	}
-	return fmt.Errorf("vm %s did not boot: %w%s", v.id, err, console)
+	return ""
 }
 
 func (v *vm) metadata() map[string]string {

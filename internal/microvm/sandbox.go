@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -160,11 +159,7 @@ func (v *vm) park(ctx context.Context) (string, error) {
 		return nonce, nil
 	case <-t.C:
 		if err != nil {
-			console := ""
-			if c := vmm.Tail(filepath.Join(v.dir, "console.log"), 1024); c != "" {
-				console = "; console: " + c
-			}
-			return "", fmt.Errorf("quiesce: %w%s", err, console)
+			return "", fmt.Errorf("quiesce: %w%s", err, v.consoleTail())
 		}
 		return "", errors.New("quiesce: the agent did not park within 15s")
 	case <-ctx.Done():

@@ -225,25 +225,8 @@ func TestEndDuringPause(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m := s.lookup(sb.ID).m.(*pausingMachine)
-			m.refuse, m.gate, m.entered = c.refuse, make(chan struct{}), make(chan struct{})
-			paused := make(chan error, 1)
-			go func() { _, err := s.Pause(ctx, sb.ID); paused <- err }()
-			<-m.entered
-			ended := make(chan error, 1)
-			go func() { ended <- c.end(s, sb.ID) }()
-			time.Sleep(50 * time.Millisecond) // the end waits for the pause
-			close(m.gate)
-			if err := <-paused; (err != nil) != (c.refuse != nil) {
-				t.Fatalf("pause: %v", err)
-			}
-			select {
-			case err := <-ended:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the end never returned")
+			if err := duringPause(t, s, sb.ID, c.refuse, func() error { return c.end(s, sb.ID) }); err != nil {
+				t.Fatal(err)
 			}
 			if got, _ := s.Get(ctx, sb.ID); got.State != c.want {
 				t.Errorf("state %s, want %s", got.State, c.want)
@@ -277,32 +260,42 @@ func TestOpDuringPause(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m := s.lookup(sb.ID).m.(*pausingMachine)
-			m.refuse, m.gate, m.entered = c.refuse, make(chan struct{}), make(chan struct{})
-			paused := make(chan error, 1)
-			go func() { _, err := s.Pause(ctx, sb.ID); paused <- err }()
-			<-m.entered
-			did := make(chan error, 1)
-			go func() {
+			err = duringPause(t, s, sb.ID, c.refuse, func() error {
 				_, err := s.Do(ctx, sb.ID, &protocol.Request{Op: protocol.OpFSStat, Path: "/x"})
-				did <- err
-			}()
-			time.Sleep(50 * time.Millisecond) // the op waits for the pause
-			close(m.gate)
-			if err := <-paused; (err != nil) != (c.refuse != nil) {
-				t.Fatalf("pause: %v", err)
-			}
-			select {
-			case err := <-did:
-				if !errors.Is(err, c.wantErr) {
-					t.Fatalf("op during the pause: %v, want %v", err, c.wantErr)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the op never returned")
+				return err
+			})
+			if !errors.Is(err, c.wantErr) {
+				t.Fatalf("op during the pause: %v, want %v", err, c.wantErr)
 			}
 			if len(l.resumed) != c.resumes {
 				t.Errorf("%d resumes, want %d", len(l.resumed), c.resumes)
 			}
 		})
+	}
+}
+
+// duringPause pauses sandbox id, holding the pause at its machine (which refuses it with
+// refuse, when set) while during runs, then lets it finish: during is meant to wait for
+// it. It returns during's error.
+func duringPause(t *testing.T, s *Service, id string, refuse error, during func() error) error {
+	t.Helper()
+	m := s.lookup(id).m.(*pausingMachine)
+	m.refuse, m.gate, m.entered = refuse, make(chan struct{}), make(chan struct{})
+	paused := make(chan error, 1)
+	go func() { _, err := s.Pause(context.Background(), id); paused <- err }()
+	<-m.entered
+	done := make(chan error, 1)
+	go func() { done <- during() }()
+	time.Sleep(50 * time.Millisecond) // during waits for the pause
+	close(m.gate)
+	if err := <-paused; (err != nil) != (refuse != nil) {
+		t.Fatalf("pause: %v", err)
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("what ran during the pause never returned")
+		return nil
 	}
 }
